@@ -1,0 +1,463 @@
+"""QM9 from the `qm9pack` CSV release, in PyTorch Geometric's layout and units, plus radius graphs and splits.
+
+Data flows one way through this module::
+
+    qm9pack CSVs --parse once--> flat tensors cached in data/qm9_v1.pt --> QM9 (Data objects, or flat tensors)
+                                                                       --> split_indices --> Batcher --> (z, pos, batch, y)
+
+The 130,831 molecules are the QM9 release without the 3,054 molecules that failed the authors' geometry
+consistency check, which is exactly the set `torch_geometric.datasets.QM9` holds. `y` has PyG's 19 columns in
+PyG's order and units (see `TARGETS`); energies are converted from Hartree with 27.211386246 eV/Ha.
+
+The whole data set is stored as flat tensors (all atoms of all molecules concatenated, with a `ptr` of molecule
+offsets), which is both the cache format and what the training loop batches from: a batch is a few index
+operations on these tensors, on the CPU or on the GPU, with no per-molecule Python objects in the hot path.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+HARTREE_TO_EV = 27.211386246
+NUM_MOLECULES = 130_831
+MAX_ATOMS = 29  # the largest QM9 molecule
+CACHE_FORMAT = 1  # bump when the cached tensors change meaning
+
+# name -> (column of y, unit, description). Order and units are those of torch_geometric.datasets.QM9.
+TARGETS: dict[str, tuple[int, str, str]] = {
+    "mu": (0, "D", "dipole moment"),
+    "alpha": (1, "a0^3", "isotropic polarizability"),
+    "homo": (2, "eV", "HOMO energy"),
+    "lumo": (3, "eV", "LUMO energy"),
+    "gap": (4, "eV", "HOMO-LUMO gap"),
+    "r2": (5, "a0^2", "electronic spatial extent"),
+    "zpve": (6, "eV", "zero-point vibrational energy"),
+    "U0": (7, "eV", "internal energy at 0 K"),
+    "U": (8, "eV", "internal energy at 298.15 K"),
+    "H": (9, "eV", "enthalpy at 298.15 K"),
+    "G": (10, "eV", "free energy at 298.15 K"),
+    "cv": (11, "cal/mol K", "heat capacity at 298.15 K"),
+    "U0_atom": (12, "eV", "atomization energy at 0 K"),
+    "U_atom": (13, "eV", "atomization energy at 298.15 K"),
+    "H_atom": (14, "eV", "atomization enthalpy at 298.15 K"),
+    "G_atom": (15, "eV", "atomization free energy at 298.15 K"),
+    "A": (16, "GHz", "rotational constant A"),
+    "B": (17, "GHz", "rotational constant B"),
+    "C": (18, "GHz", "rotational constant C"),
+}
+TARGET_NAMES = list(TARGETS)
+
+# qm9pack column -> (column of y, factor to PyG's unit). Columns 12-15 are derived from 7-10 below.
+_CSV_COLUMNS = {
+    "Dipole_debye": (0, 1.0),
+    "Polarizability_bohr3": (1, 1.0),
+    "HOMO_au": (2, HARTREE_TO_EV),
+    "LUMO_au": (3, HARTREE_TO_EV),
+    "HOMO_LUMO_gap_au": (4, HARTREE_TO_EV),
+    "R2_bohr2": (5, 1.0),
+    "ZPVE_au": (6, HARTREE_TO_EV),
+    "InternalEnergy_0K_au": (7, HARTREE_TO_EV),
+    "InternalEnergy_298K_au": (8, HARTREE_TO_EV),
+    "Enthalphy_298K_au": (9, HARTREE_TO_EV),  # sic, qm9pack's spelling
+    "GibbsFreeEnergy_298K_au": (10, HARTREE_TO_EV),
+    "Heatcapacity_Cv_cal_mol_K": (11, 1.0),
+    "RotA_GHz": (16, 1.0),
+    "RotB_GHz": (17, 1.0),
+    "RotC_GHz": (18, 1.0),
+}
+
+ELEMENTS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+
+# Energies of the free atoms at the B3LYP/6-31G(2df,p) level of QM9 (its atomref table), in Hartree,
+# for U0, U, H, G (targets 7-10). Target k+4 (U0_atom, ...) is target k minus the sum over the atoms.
+ATOM_ENERGIES_HARTREE: dict[int, tuple[float, float, float, float]] = {
+    1: (-0.500273, -0.498857, -0.497912, -0.510927),
+    6: (-37.846772, -37.845355, -37.844411, -37.861317),
+    7: (-54.583861, -54.582445, -54.581501, -54.598897),
+    8: (-75.064579, -75.063162, -75.062219, -75.079532),
+    9: (-99.718730, -99.717314, -99.716370, -99.733544),
+}
+
+
+def target_index(target: str | int) -> int:
+    """Column of `y` for a target given by name (case-insensitive) or by index 0-18.
+
+    Raises `ValueError` with the list of valid names for anything else.
+    """
+    names = {name.lower(): idx for name, (idx, _, _) in TARGETS.items()}
+    key = str(target).strip()
+    if key.lstrip("-").isdigit() and 0 <= int(key) < len(TARGETS):
+        return int(key)
+    if key.lower() in names:
+        return names[key.lower()]
+    raise ValueError(f"unknown QM9 target {target!r}: use a name ({', '.join(TARGET_NAMES)}) or an index 0-18")
+
+
+def target_name(target: str | int) -> str:
+    """Canonical name (PyG spelling) of a target given by name or index."""
+    return TARGET_NAMES[target_index(target)]
+
+
+def target_unit(target: str | int) -> str:
+    return TARGETS[target_name(target)][1]
+
+
+def atomref(target: str | int) -> Tensor | None:
+    """Per-element reference values of a target, like `torch_geometric.datasets.QM9.atomref`.
+
+    Returns a float32 tensor of shape [100, 1] indexed by atomic number (eV, the free-atom energy) for the total
+    energies U0, U, H, G (targets 7-10), and `None` for every other target.
+    """
+    idx = target_index(target)
+    if not 7 <= idx <= 10:
+        return None
+    out = torch.zeros(100, 1)
+    for z, energies in ATOM_ENERGIES_HARTREE.items():
+        out[z, 0] = energies[idx - 7] * HARTREE_TO_EV
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsing qm9pack's CSV files into flat tensors, and the cache.
+
+
+def qm9pack_data_dir() -> Path:
+    """The `data/` folder of the installed qm9pack package (found without importing it: its __init__ needs
+    pkg_resources, which current setuptools no longer ships)."""
+    spec = importlib.util.find_spec("qm9pack")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the qm9pack package is not installed: run `bash install.sh` (or pip install qm9pack)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    missing = [f"qm9_part{i}.csv" for i in (1, 2, 3) if not (folder / f"qm9_part{i}.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(f"qm9pack at {folder.parent} lacks {', '.join(missing)}: reinstall it with "
+                                "`pip install --force-reinstall qm9pack==1.0.3`")
+    return folder
+
+
+def _source_fingerprint(folder: Path) -> str:
+    """Identifies the CSV release and this parser: a cache made from anything else is stale."""
+    try:
+        version = importlib.metadata.version("qm9pack")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    parts = [f"format={CACHE_FORMAT}", f"qm9pack={version}"]
+    parts += [f"{p.name}={p.stat().st_size}" for p in sorted(folder.glob("qm9_part*.csv"))]
+    return hashlib.sha1(";".join(parts).encode()).hexdigest()
+
+
+def _floats(strings) -> np.ndarray:
+    """Parse a sequence of '[a,b,[c,...]]' strings into one flat float64 array."""
+    text = ",".join(strings).replace("[", "").replace("]", "").replace("*^", "e")
+    return np.array(text.split(","), dtype=np.float64)
+
+
+def parse_qm9pack(folder: Path | None = None, progress: bool = True) -> dict[str, Tensor]:
+    """Read qm9pack's three CSV parts into flat tensors.
+
+    Returns a dict with
+        z   [num_atoms] uint8     atomic numbers of all atoms, molecule after molecule
+        pos [num_atoms, 3] float32 positions in Angstrom
+        ptr [num_molecules + 1] int64  molecule m owns atoms ptr[m]:ptr[m+1]
+        y   [num_molecules, 19] float32  targets in PyG's order and units
+        gdb [num_molecules] int64  gdb index of each molecule (1-based, as in the name gdb_N)
+    sorted by gdb index.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    folder = folder or qm9pack_data_dir()
+    files = sorted(folder.glob("qm9_part*.csv"))
+    usecols = ["Index", "N_atoms", "Elements", "XYZ_Ang", *_CSV_COLUMNS]
+    chunks: list[tuple[np.ndarray, ...]] = []
+    with tqdm(total=NUM_MOLECULES, desc="Parsing QM9 (qm9pack CSV)", unit="mol", disable=not progress) as bar:
+        for path in files:
+            for df in pd.read_csv(path, usecols=usecols, chunksize=8192):
+                n_atoms = df["N_atoms"].to_numpy(np.int64)
+                pos = _floats(df["XYZ_Ang"]).reshape(-1, 3)
+                symbols = ",".join(df["Elements"]).translate({ord(c): None for c in "[]' "}).split(",")
+                try:
+                    z = np.array([ELEMENTS[s] for s in symbols], dtype=np.uint8)
+                except KeyError as err:
+                    raise ValueError(f"{path.name}: unexpected element {err.args[0]!r}") from None
+                if len(z) != n_atoms.sum() or len(pos) != n_atoms.sum():
+                    raise ValueError(f"{path.name}: atom counts disagree with N_atoms near Index "
+                                     f"{int(df['Index'].iloc[0])}: the CSV is damaged, reinstall qm9pack")
+                props = np.zeros((len(df), len(TARGETS)), dtype=np.float64)
+                for column, (col, factor) in _CSV_COLUMNS.items():
+                    props[:, col] = df[column].to_numpy(np.float64) * factor
+                # Atomization energies: total energy minus the free atoms' energies, both in Hartree, then eV.
+                mol_of_atom = np.repeat(np.arange(len(df)), n_atoms)
+                for k in range(4):
+                    e_atoms = np.array([ATOM_ENERGIES_HARTREE[e][k] for e in ELEMENTS.values()])
+                    table = np.zeros(10)
+                    table[list(ELEMENTS.values())] = e_atoms
+                    ref = np.bincount(mol_of_atom, weights=table[z], minlength=len(df))
+                    props[:, 12 + k] = (props[:, 7 + k] / HARTREE_TO_EV - ref) * HARTREE_TO_EV
+                chunks.append((df["Index"].to_numpy(np.int64), n_atoms, z, pos, props))
+                bar.update(len(df))
+
+    gdb = np.concatenate([c[0] for c in chunks])
+    n_atoms = np.concatenate([c[1] for c in chunks])
+    z = np.concatenate([c[2] for c in chunks])
+    pos = np.concatenate([c[3] for c in chunks])
+    y = np.concatenate([c[4] for c in chunks])
+    ptr = np.concatenate([[0], np.cumsum(n_atoms)])
+    if len(gdb) != NUM_MOLECULES or not np.all(np.diff(gdb) > 0):
+        raise ValueError(f"expected {NUM_MOLECULES} molecules in increasing gdb order in {folder}, "
+                         f"found {len(gdb)}: reinstall qm9pack==1.0.3")
+    return {
+        "z": torch.from_numpy(z),
+        "pos": torch.from_numpy(pos.astype(np.float32)),
+        "ptr": torch.from_numpy(ptr),
+        "y": torch.from_numpy(y.astype(np.float32)),
+        "gdb": torch.from_numpy(gdb),
+    }
+
+
+def _valid(tensors: dict) -> bool:
+    """Cheap consistency check of a loaded cache (a cache that fails it is rebuilt)."""
+    try:
+        ptr, z, pos, y, gdb = (tensors[k] for k in ("ptr", "z", "pos", "y", "gdb"))
+        return (len(ptr) == NUM_MOLECULES + 1 and int(ptr[0]) == 0 and int(ptr[-1]) == len(z) == len(pos)
+                and tuple(y.shape) == (NUM_MOLECULES, len(TARGETS)) and len(gdb) == NUM_MOLECULES
+                and pos.shape[1] == 3 and bool(torch.isfinite(pos).all()))
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return False
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: readers see the old file or the new one,
+    never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(root: str | Path = "data", force_reload: bool = False, progress: bool = True) -> dict[str, Tensor]:
+    """The flat QM9 tensors (see `parse_qm9pack`), from `root/qm9_v1.pt` when it is present, current and intact;
+    otherwise parsed from qm9pack and cached there."""
+    path = Path(root) / f"qm9_v{CACHE_FORMAT}.pt"
+    folder = qm9pack_data_dir()
+    fingerprint = _source_fingerprint(folder)
+    if path.exists() and not force_reload:
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached.get("fingerprint") == fingerprint and _valid(cached):
+                return cached
+            reason = "made from another qm9pack release or an older format"
+        except Exception as err:  # truncated or otherwise unreadable file
+            reason = f"unreadable ({type(err).__name__})"
+        warnings.warn(f"QM9 cache {path} is {reason}: rebuilding it", stacklevel=2)
+    tensors = parse_qm9pack(folder, progress=progress)
+    tensors["fingerprint"] = fingerprint
+    _save_atomic(tensors, path)
+    return tensors
+
+
+class QM9(torch.utils.data.Dataset):
+    """All 130,831 QM9 molecules as `torch_geometric.data.Data` objects, like `torch_geometric.datasets.QM9`
+    but built offline from qm9pack and without PyG's 2D features (x, bonds, SMILES).
+
+    `dataset[i]` is a `Data` with
+        z    [num_atoms] long      atomic numbers
+        pos  [num_atoms, 3] float  positions in Angstrom
+        y    [1, 19] float         targets in PyG's order and units (see `TARGETS`)
+        name str                   'gdb_N'
+        idx  long                  N - 1, the molecule's position in the full QM9 release (as in PyG)
+
+    The flat tensors behind it (`z`, `pos`, `ptr`, `y`, `num_atoms`) are attributes, for fast batching.
+    """
+
+    def __init__(self, root: str | Path = "data", force_reload: bool = False, progress: bool = True) -> None:
+        t = load_tensors(root, force_reload=force_reload, progress=progress)
+        self.root = Path(root)
+        self.z: Tensor = t["z"].long()  # [num_atoms]
+        self.pos: Tensor = t["pos"]  # [num_atoms, 3]
+        self.ptr: Tensor = t["ptr"]  # [num_molecules + 1]
+        self.y: Tensor = t["y"]  # [num_molecules, 19]
+        self.gdb: Tensor = t["gdb"]  # [num_molecules]
+        self.num_atoms: Tensor = self.ptr.diff()  # [num_molecules]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> Data:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"molecule {i} out of range for QM9 with {len(self)} molecules")
+        i %= len(self)
+        a, b = int(self.ptr[i]), int(self.ptr[i + 1])
+        gdb = int(self.gdb[i])
+        return Data(z=self.z[a:b], pos=self.pos[a:b], y=self.y[i:i + 1], name=f"gdb_{gdb}",
+                    idx=torch.tensor(gdb - 1))
+
+    def __repr__(self) -> str:
+        return f"QM9({len(self)})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Splits.
+
+
+def split_sizes(num_molecules: int, subset_size: int | None = None) -> tuple[int, int, int]:
+    """(train, val, test) sizes: SchNet's standard 110,000 / 10,000 / rest on the full set, 80/10/10 on a subset.
+
+    Raises `ValueError` for a subset that is not a positive number no larger than the data set, or too small to
+    put at least one molecule in each part.
+    """
+    n = num_molecules if subset_size is None else int(subset_size)
+    if n <= 0 or n > num_molecules:
+        raise ValueError(f"subset size must be between 10 and {num_molecules} molecules, got {n}")
+    if n == NUM_MOLECULES:
+        return 110_000, 10_000, n - 120_000
+    n_train, n_val = round(0.8 * n), round(0.1 * n)
+    if n_val < 1 or n - n_train - n_val < 1:
+        raise ValueError(f"subset size {n} is too small to split 80/10/10: use at least 10 molecules")
+    return n_train, n_val, n - n_train - n_val
+
+
+def split_indices(num_molecules: int, subset_size: int | None = None, seed: int = 0) -> dict[str, Tensor]:
+    """A seeded random split of molecule indices: {'train', 'val', 'test'} -> sorted LongTensors, disjoint.
+
+    The first `subset_size` molecules of one seeded permutation form the subset, so a smaller subset's molecules
+    are not a function of the split sizes. Same seed and sizes -> same split, on every machine.
+    """
+    n_train, n_val, n_test = split_sizes(num_molecules, subset_size)
+    perm = torch.randperm(num_molecules, generator=torch.Generator().manual_seed(seed))
+    parts = perm[: n_train + n_val + n_test].split([n_train, n_val, n_test])
+    return {name: part.sort().values for name, part in zip(("train", "val", "test"), parts)}
+
+
+def save_split(split: dict[str, Tensor], path: str | Path, **meta) -> None:
+    """Write a split as JSON (indices into QM9 and whatever metadata, e.g. the seed), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**meta, **{k: v.tolist() for k, v in split.items()}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def load_split(path: str | Path) -> dict[str, Tensor]:
+    payload = json.loads(Path(path).read_text())
+    return {k: torch.tensor(payload[k], dtype=torch.long) for k in ("train", "val", "test")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Radius graphs.
+
+try:
+    import torch_cluster as _torch_cluster
+except Exception:  # not installed, or built against another torch
+    _torch_cluster = None
+
+RADIUS_BACKEND = "torch_cluster" if _torch_cluster is not None else "pytorch"
+_backend_announced = False
+
+
+def _radius_graph_pytorch(pos: Tensor, r: float, batch: Tensor) -> Tensor:
+    """Exact radius graph in plain PyTorch: every ordered pair of distinct atoms of one molecule, kept if closer
+    than r. Memory is O(sum over molecules of n_atoms^2), which is small for molecules (~340 pairs per QM9 one)."""
+    n = pos.size(0)
+    counts = torch.bincount(batch)  # [B] atoms per molecule
+    start = torch.cumsum(counts, 0) - counts  # [B] first atom of each molecule
+    deg = counts[batch]  # [N] atoms in my molecule
+    total = int(deg.sum())
+    i = torch.repeat_interleave(torch.arange(n, device=pos.device), deg, output_size=total)  # [P]
+    first_pair = torch.cumsum(deg, 0) - deg  # [N] position of atom i's first pair
+    j = start[batch[i]] + torch.arange(total, device=pos.device) - first_pair[i]  # [P]
+    keep = (i != j) & ((pos[i] - pos[j]).square().sum(-1) <= r * r)
+    return torch.stack([j[keep], i[keep]])  # source (neighbour) -> target (centre), as torch_cluster
+
+
+def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
+    """All ordered pairs (j, i) of distinct atoms in the same molecule with |pos_i - pos_j| <= r.
+
+    Args:
+        pos: [num_atoms, 3] positions.
+        r: cutoff radius, in the unit of `pos`.
+        batch: [num_atoms] molecule of each atom, sorted; None for a single molecule.
+    Returns:
+        edge_index [2, num_edges]: row 0 the neighbour j (source), row 1 the centre i (target).
+
+    Uses torch_cluster when it imports, otherwise an exact pure-PyTorch equivalent; no neighbour is dropped
+    (torch_cluster's cap is set to the largest molecule in the batch).
+    """
+    global _backend_announced
+    if batch is None:
+        batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
+    if not _backend_announced:
+        _backend_announced = True
+        if _torch_cluster is None:
+            warnings.warn("torch_cluster is not importable: radius graphs use the exact pure-PyTorch fallback",
+                          stacklevel=2)
+    if _torch_cluster is None or pos.is_cuda and not _cluster_has_cuda():
+        return _radius_graph_pytorch(pos, r, batch)
+    cap = int(torch.bincount(batch).max()) if pos.numel() else 1
+    return _torch_cluster.radius_graph(pos, r, batch, loop=False, max_num_neighbors=cap)
+
+
+def _cluster_has_cuda() -> bool:
+    return _torch_cluster is not None and bool(getattr(torch.ops.torch_cluster, "cuda_version", lambda: -1)() > 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Batches from flat tensors.
+
+
+@dataclass
+class Batch:
+    """A batch of molecules: z [N] long, pos [N, 3], batch [N] (molecule of each atom, 0..B-1), y [B, 19]."""
+
+    z: Tensor
+    pos: Tensor
+    batch: Tensor
+    y: Tensor
+
+    @property
+    def num_graphs(self) -> int:
+        return self.y.size(0)
+
+
+class Batcher:
+    """Assembles batches of QM9 molecules by indexing flat tensors held on one device (the GPU when training on
+    it: the whole of QM9 is ~40 MB). Replaces a DataLoader + per-molecule `Data` collation."""
+
+    def __init__(self, data: QM9, device: torch.device | str = "cpu") -> None:
+        self.z = data.z.to(device)
+        self.pos = data.pos.to(device)
+        self.y = data.y.to(device)
+        self.ptr = data.ptr.to(device)
+        self.num_atoms = data.num_atoms.to(device)
+
+    def __call__(self, mols: Tensor) -> Batch:
+        """mols: [B] molecule indices (on any device) -> Batch on this batcher's device."""
+        mols = mols.to(self.ptr.device)
+        counts = self.num_atoms[mols]  # [B]
+        total = int(counts.sum())
+        batch = torch.repeat_interleave(torch.arange(len(mols), device=mols.device), counts, output_size=total)
+        offset = torch.cumsum(counts, 0) - counts  # [B] first atom of each molecule within the batch
+        atoms = self.ptr[mols][batch] + torch.arange(total, device=mols.device) - offset[batch]  # [N]
+        return Batch(self.z[atoms], self.pos[atoms], batch, self.y[mols])

@@ -1,0 +1,292 @@
+"""SchNet: continuous-filter convolutions over interatomic distances.
+
+Schütt, Kindermans, Sauceda, Chmiela, Tkatchenko, Müller, "SchNet: A continuous-filter convolutional neural
+network for modeling quantum interactions", NeurIPS 2017; and "SchNet - A deep learning architecture for
+molecules and materials", J. Chem. Phys. 148, 241722 (2018).
+
+A molecule is a set of atoms with atomic numbers z_i and positions r_i. Each atom starts from a learned embedding
+of its element and is refined by interaction blocks that let it see every neighbour within a cutoff, through a
+filter that depends only on the distance d_ij = |r_i - r_j|. The prediction is a sum (or mean) of atom-wise
+contributions, so the model is invariant to rotation, translation and atom order by construction.
+
+The layer layout and parameter names follow `torch_geometric.nn.models.SchNet`, so the weights of one load into
+the other one-to-one (tests/test_model.py proves the outputs agree). One difference is for speed, not meaning:
+the filter W(d_ij) is computed once per unordered pair {i, j} and used for both messages j -> i and i -> j,
+since d_ij = d_ji; this halves the work of the filter networks, which dominate SchNet's cost.
+
+Run `python schnet_model.py` to print the full and lite configurations with their parameter counts.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qm9_data import radius_graph
+
+# The two configurations used by train.py and train_lite.py (see README.md for why these values).
+FULL_CONFIG = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50, cutoff=10.0)
+LITE_CONFIG = dict(hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=25, cutoff=5.0)
+
+
+class ShiftedSoftplus(nn.Module):
+    r"""ssp(x) = ln(0.5 e^x + 0.5) = softplus(x) - ln 2: smooth like softplus, and ssp(0) = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = math.log(2.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x) - self.shift
+
+
+class GaussianSmearing(nn.Module):
+    r"""Expands a distance into K Gaussian radial basis functions with centres \mu_k evenly spaced in [start, stop]:
+
+    .. math::
+        e_k(d) = \exp\left(-\frac{(d - \mu_k)^2}{2 \Delta^2}\right), \qquad \Delta = \mu_{k+1} - \mu_k .
+
+    Input: distances of shape [E]. Output: [E, K].
+    """
+
+    def __init__(self, start: float = 0.0, stop: float = 5.0, num_gaussians: int = 50) -> None:
+        super().__init__()
+        offset = torch.linspace(start, stop, num_gaussians)
+        self.coeff = -0.5 / (offset[1] - offset[0]).item() ** 2
+        self.register_buffer("offset", offset)
+
+    def forward(self, dist: Tensor) -> Tensor:
+        return torch.exp(self.coeff * (dist.view(-1, 1) - self.offset.view(1, -1)).square())  # [E, K]
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(start={self.offset[0].item():g}, stop={self.offset[-1].item():g}, "
+                f"num_gaussians={self.offset.numel()})")
+
+
+class CFConv(nn.Module):
+    r"""Continuous-filter convolution.
+
+    .. math::
+        x_i' = W_2 \sum_{j \in \mathcal{N}(i)} (W_1 x_j) \odot W(d_{ij}) + b_2, \qquad
+        W(d_{ij}) = \mathrm{nn}(e(d_{ij})) \cdot \tfrac12 \left(\cos\frac{\pi d_{ij}}{r_c} + 1\right)
+
+    where e(d) is the Gaussian expansion of the distance, nn the filter-generating network (Dense, ssp, Dense:
+    the paper's "cfconv" filter) and the cosine factor takes each filter smoothly to zero at the cutoff r_c.
+    W_1 (no bias) maps hidden_channels -> num_filters, W_2 maps num_filters -> out_channels.
+
+    The pairs come as unordered edges (j, i) with j < i: each one carries both messages j -> i and i -> j with the
+    same filter, because W depends on the distance alone.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_filters: int, nn: nn.Module, cutoff: float) -> None:
+        super().__init__()
+        self.lin1 = torch.nn.Linear(in_channels, num_filters, bias=False)
+        self.lin2 = torch.nn.Linear(num_filters, out_channels)
+        self.nn = nn
+        self.cutoff = cutoff
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.lin1.weight)
+        torch.nn.init.xavier_uniform_(self.lin2.weight)
+        self.lin2.bias.data.fill_(0)
+
+    def filter(self, edge_weight: Tensor, edge_attr: Tensor) -> Tensor:
+        """W(d): [E] distances and [E, K] expansions -> [E, num_filters] filters."""
+        envelope = 0.5 * (torch.cos(edge_weight * (math.pi / self.cutoff)) + 1.0)  # [E]
+        return self.nn(edge_attr) * envelope.unsqueeze(-1)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_attr: Tensor) -> Tensor:
+        """x [N, in_channels], edge_index [2, E] unordered pairs, edge_weight [E], edge_attr [E, K] -> [N, out]."""
+        W = self.filter(edge_weight, edge_attr)  # [E, F]
+        x = self.lin1(x)  # [N, F]
+        j, i = edge_index
+        out = torch.zeros_like(x).index_add_(0, i, x[j] * W)  # messages j -> i
+        out = out.index_add_(0, j, x[i] * W)  # and i -> j, same filter
+        return self.lin2(out)
+
+
+class InteractionBlock(nn.Module):
+    r"""One SchNet interaction: the update v_i that the model adds to atom i's features, h_i <- h_i + v_i, with
+
+    .. math::
+        v_i = W_3\, \mathrm{ssp}(\mathrm{cfconv}(h)_i) + b_3 .
+
+    The filter-generating network `mlp` is Linear(num_gaussians, num_filters), ssp, Linear(num_filters, num_filters).
+    """
+
+    def __init__(self, hidden_channels: int, num_gaussians: int, num_filters: int, cutoff: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(num_gaussians, num_filters),
+            ShiftedSoftplus(),
+            nn.Linear(num_filters, num_filters),
+        )
+        self.conv = CFConv(hidden_channels, hidden_channels, num_filters, self.mlp, cutoff)
+        self.act = ShiftedSoftplus()
+        self.lin = nn.Linear(hidden_channels, hidden_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.mlp[0], self.mlp[2], self.lin):
+            torch.nn.init.xavier_uniform_(layer.weight)
+            layer.bias.data.fill_(0)
+        self.conv.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor, edge_attr: Tensor) -> Tensor:
+        """x [N, hidden] -> v [N, hidden]."""
+        return self.lin(self.act(self.conv(x, edge_index, edge_weight, edge_attr)))
+
+
+class SchNet(nn.Module):
+    r"""SchNet for one scalar property per molecule.
+
+    .. math::
+        h_i^{(0)} = \mathrm{embedding}(z_i), \qquad h_i^{(t+1)} = h_i^{(t)} + v_i^{(t)} \quad (t < T),
+
+        a_i = \sigma\left(\mathrm{ssp}(W_1 h_i^{(T)} + b_1)\,W_2 + b_2\right) + \mu + \mathrm{atomref}(z_i),
+        \qquad y = \sum_i a_i \ \text{(readout 'add')} \quad \text{or} \quad \frac1n \sum_i a_i \ \text{('mean')}
+
+    where \sigma, \mu are the target's standardisation (`std`, `mean`) and atomref a per-element reference value
+    (the free atoms' energies for U0, U, H, G). All three are buffers saved with the weights, so a loaded model
+    predicts in physical units with nothing else at hand.
+
+    Args:
+        hidden_channels: size of the atom features h_i.
+        num_filters: size of the filters W(d_ij).
+        num_interactions: number of interaction blocks T. Default 6, the value of the JCP 2018 paper's QM9
+            models (the NeurIPS paper used 3); each block widens an atom's view by one cutoff radius.
+        num_gaussians: number of radial basis functions K.
+        cutoff: interaction cutoff r_c in Angstrom; pairs farther apart do not interact.
+        readout: 'add' (extensive properties: energies) or 'mean' (intensive ones: orbital energies, gap).
+        mean, std: standardisation of the atom-wise output (per-atom for 'add', per-molecule for 'mean').
+        atomref: [100, 1] per-element reference values added to each atom's contribution, or None.
+
+    Inputs: z [N] long, pos [N, 3] in Angstrom, batch [N] molecule of each atom (sorted; None = one molecule).
+    """
+
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_filters: int = 128,
+        num_interactions: int = 6,
+        num_gaussians: int = 50,
+        cutoff: float = 10.0,
+        readout: str = "add",
+        mean: float | None = None,
+        std: float | None = None,
+        atomref: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if readout not in ("add", "mean"):
+            raise ValueError(f"readout must be 'add' or 'mean', got {readout!r}")
+        self.hidden_channels = hidden_channels
+        self.num_filters = num_filters
+        self.num_interactions = num_interactions
+        self.num_gaussians = num_gaussians
+        self.cutoff = float(cutoff)
+        self.readout = readout
+
+        self.atom_embedding = nn.Embedding(100, hidden_channels, padding_idx=0)
+        self.distance_expansion = GaussianSmearing(0.0, cutoff, num_gaussians)
+        self.interactions = nn.ModuleList(
+            InteractionBlock(hidden_channels, num_gaussians, num_filters, cutoff) for _ in range(num_interactions))
+        self.lin1 = nn.Linear(hidden_channels, hidden_channels // 2)
+        self.act = ShiftedSoftplus()
+        self.lin2 = nn.Linear(hidden_channels // 2, 1)
+
+        self.register_buffer("mean", torch.tensor(0.0 if mean is None else float(mean)))
+        self.register_buffer("std", torch.tensor(1.0 if std is None else float(std)))
+        self.register_buffer("atomref", torch.zeros(100, 1) if atomref is None else atomref.detach().float().view(100, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.atom_embedding.reset_parameters()
+        for interaction in self.interactions:
+            interaction.reset_parameters()
+        for layer in (self.lin1, self.lin2):
+            torch.nn.init.xavier_uniform_(layer.weight)
+            layer.bias.data.fill_(0)
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this model (with its buffers loaded from a state dict)."""
+        return dict(hidden_channels=self.hidden_channels, num_filters=self.num_filters,
+                    num_interactions=self.num_interactions, num_gaussians=self.num_gaussians,
+                    cutoff=self.cutoff, readout=self.readout)
+
+    def interaction_graph(self, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """Unordered pairs within the cutoff: edge_index [2, E] with edge_index[0] < edge_index[1], distances [E]."""
+        edge_index = radius_graph(pos, self.cutoff, batch)
+        edge_index = edge_index[:, edge_index[0] < edge_index[1]]
+        j, i = edge_index
+        return edge_index, (pos[i] - pos[j]).norm(dim=-1)
+
+    def _atom_features(self, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
+        """Atom features after the interactions and the first output layer: [N, hidden_channels // 2]."""
+        h = self.atom_embedding(z)  # [N, hidden]
+        edge_index, edge_weight = self.interaction_graph(pos, batch)  # [2, E], [E]
+        edge_attr = self.distance_expansion(edge_weight)  # [E, K], shared by all blocks
+        for interaction in self.interactions:
+            h = h + interaction(h, edge_index, edge_weight, edge_attr)
+        return self.act(self.lin1(h))
+
+    def atom_contributions(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+        """Per-atom terms of the prediction, in the target's unit: [N]. They sum, per molecule, to `forward`."""
+        batch = torch.zeros_like(z) if batch is None else batch
+        a = self.lin2(self._atom_features(z, pos, batch)).squeeze(-1)  # [N]
+        a = a * self.std + self.mean + self.atomref[z, 0]
+        if self.readout == "mean":
+            a = a / torch.bincount(batch)[batch]
+        return a
+
+    def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+        """Prediction per molecule: [num_graphs, 1]."""
+        batch = torch.zeros_like(z) if batch is None else batch
+        a = self.atom_contributions(z, pos, batch)
+        num_graphs = int(batch[-1]) + 1 if batch.numel() else 0
+        return a.new_zeros(num_graphs, 1).index_add_(0, batch, a.unsqueeze(-1))
+
+    def embedding(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+        """Learned molecule representation: the readout ('add' or 'mean') of the atom features that the output
+        layer maps linearly to the atom contributions. [num_graphs, hidden_channels // 2]; used for t-SNE."""
+        batch = torch.zeros_like(z) if batch is None else batch
+        h = self._atom_features(z, pos, batch)  # [N, D]
+        num_graphs = int(batch[-1]) + 1 if batch.numel() else 0
+        out = h.new_zeros(num_graphs, h.size(1)).index_add_(0, batch, h)
+        if self.readout == "mean":
+            out = out / torch.bincount(batch, minlength=num_graphs).clamp(min=1).unsqueeze(-1)
+        return out
+
+    def to_pyg(self) -> nn.Module:
+        """The same function as a `torch_geometric.nn.models.SchNet`, with this model's weights copied in.
+
+        The layouts match name for name except three: our `atom_embedding` is PyG's `embedding` (the name here
+        belongs to the `embedding()` method), and PyG keeps mean/std as floats and atomref as an Embedding.
+        PyG's own radius graph needs pyg-lib, so the copy is given ours as its `interaction_graph`.
+        """
+        from torch_geometric.nn.models import SchNet as PyGSchNet
+
+        cutoff = self.cutoff
+
+        def interaction_graph(pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+            edge_index = radius_graph(pos, cutoff, batch)
+            return edge_index, (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
+
+        atomref = self.atomref.detach().clone() if bool(self.atomref.any()) else None
+        ref = PyGSchNet(self.hidden_channels, self.num_filters, self.num_interactions, self.num_gaussians,
+                        self.cutoff, interaction_graph=interaction_graph, readout=self.readout,
+                        mean=float(self.mean), std=float(self.std), atomref=atomref)
+        state = {("embedding." + k[len("atom_embedding."):] if k.startswith("atom_embedding.") else k): v
+                 for k, v in self.state_dict().items() if k not in ("mean", "std", "atomref")}
+        if atomref is not None:
+            state["atomref.weight"] = atomref
+            state["initial_atomref"] = atomref
+        ref.load_state_dict(state)
+        return ref.to(self.atomref.device, self.atomref.dtype)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(hidden_channels={self.hidden_channels}, "
+                f"num_filters={self.num_filters}, num_interactions={self.num_interactions}, "
+                f"num_gaussians={self.num_gaussians}, cutoff={self.cutoff:g}, readout={self.readout!r})")
