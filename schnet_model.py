@@ -290,3 +290,17 @@ class SchNet(nn.Module):
         return (f"{self.__class__.__name__}(hidden_channels={self.hidden_channels}, "
                 f"num_filters={self.num_filters}, num_interactions={self.num_interactions}, "
                 f"num_gaussians={self.num_gaussians}, cutoff={self.cutoff:g}, readout={self.readout!r})")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description="Print the full and lite SchNet configurations and their parameter "
+                                        "counts.").parse_args()
+    for name, config in (("full", FULL_CONFIG), ("lite", LITE_CONFIG)):
+        model = SchNet(**config)
+        print(f"{name:5s} {count_parameters(model):>9,} parameters  {model!r}")

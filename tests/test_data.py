@@ -1,0 +1,171 @@
+"""The QM9 data module: real data in PyG's layout and units, the cache, and the splits."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import qm9_data
+from qm9_data import HARTREE_TO_EV, QM9, TARGETS
+
+HA = 27.211386246  # eV per Hartree, written out here on purpose rather than imported
+
+
+def raw_row(gdb: int) -> pd.Series:
+    """qm9pack's own CSV row for molecule gdb_N, read independently of the parser under test."""
+    folder = qm9_data.qm9pack_data_dir()
+    for part in sorted(folder.glob("qm9_part*.csv")):
+        for chunk in pd.read_csv(part, chunksize=20000):
+            hit = chunk[chunk["Index"] == gdb]
+            if len(hit):
+                return hit.iloc[0]
+    raise LookupError(gdb)
+
+
+def test_count_and_shapes(qm9: QM9) -> None:
+    assert len(qm9) == 130_831
+    assert qm9.y.shape == (130_831, 19) and qm9.y.dtype == torch.float32
+    d = qm9[0]
+    assert d.z.dtype == torch.long and d.pos.dtype == torch.float32
+    assert d.y.shape == (1, 19) and d.pos.shape == (d.z.numel(), 3)
+    assert d.name == "gdb_1" and int(d.idx) == 0
+    last = qm9[-1]
+    assert last.name == "gdb_133885" and int(last.idx) == 133_884  # PyG's idx: position in the full release
+    assert int(qm9.num_atoms.max()) == 29 and set(qm9.z.unique().tolist()) == {1, 6, 7, 8, 9}
+    assert bool((qm9.gdb.diff() > 0).all())
+
+
+def test_methane_by_hand(qm9: QM9) -> None:
+    y = qm9[0].y[0]
+    # gdb_1 = CH4: gap 0.5048 Ha, U0 -40.47893 Ha, mu 0 D, alpha 13.21 a0^3, Cv 6.469 cal/mol K, A 157.7118 GHz
+    assert y[4].item() == pytest.approx(13.7363, abs=1e-4)
+    assert y[4].item() == pytest.approx(0.5048 * HA, rel=1e-6)
+    assert y[7].item() == pytest.approx(-40.47893 * HA, rel=1e-7)
+    assert y[0].item() == 0.0 and y[1].item() == pytest.approx(13.21)
+    assert y[11].item() == pytest.approx(6.469) and y[16].item() == pytest.approx(157.7118)
+    # U0_atom = U0 - E(C) - 4 E(H) with QM9's free-atom energies
+    assert y[12].item() == pytest.approx((-40.47893 - (-37.846772) - 4 * (-0.500273)) * HA, abs=1e-4)
+    assert qm9[0].z.tolist() == [6, 1, 1, 1, 1]
+    assert qm9[0].pos[0].tolist() == pytest.approx([-0.0126981359, 1.0858041578, 0.0080009958], abs=1e-6)
+
+
+@pytest.mark.parametrize("gdb", [2, 57_000, 133_885])
+def test_molecules_value_by_value(qm9: QM9, gdb: int) -> None:
+    """Every target of a molecule equals qm9pack's raw number, converted by hand."""
+    row = raw_row(gdb)
+    i = int(torch.nonzero(qm9.gdb == gdb))
+    d = qm9[i]
+    expected = [
+        row["Dipole_debye"], row["Polarizability_bohr3"], row["HOMO_au"] * HA, row["LUMO_au"] * HA,
+        row["HOMO_LUMO_gap_au"] * HA, row["R2_bohr2"], row["ZPVE_au"] * HA, row["InternalEnergy_0K_au"] * HA,
+        row["InternalEnergy_298K_au"] * HA, row["Enthalphy_298K_au"] * HA, row["GibbsFreeEnergy_298K_au"] * HA,
+        row["Heatcapacity_Cv_cal_mol_K"],
+    ]
+    np.testing.assert_allclose(d.y[0, :12].double().numpy(), expected, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(d.y[0, 16:].double().numpy(), [row["RotA_GHz"], row["RotB_GHz"], row["RotC_GHz"]],
+                               rtol=1e-6)
+    assert d.name == f"gdb_{gdb}" and d.z.numel() == row["N_atoms"]
+    xyz = np.array(json.loads(row["XYZ_Ang"]))
+    np.testing.assert_allclose(d.pos.numpy(), xyz, atol=1e-6)
+
+
+def test_atomization_energies_are_total_minus_atomref(qm9: QM9) -> None:
+    """Targets 12-15 equal targets 7-10 minus the per-element reference energies (PyG's atomref), summed."""
+    mols = torch.arange(0, len(qm9), 997)
+    b = qm9_data.Batcher(qm9)(mols)
+    for k, name in enumerate(["U0", "U", "H", "G"]):
+        ref = qm9_data.atomref(name)
+        assert ref.shape == (100, 1)
+        per_mol = torch.zeros(len(mols), dtype=torch.float64).index_add_(0, b.batch, ref[b.z, 0].double())
+        atomization = b.y[:, 7 + k].double() - per_mol
+        torch.testing.assert_close(b.y[:, 12 + k].double(), atomization, atol=2e-3, rtol=0)  # float32 of ~-1e4 eV
+    # PyG's published H reference energy for U0, to the digits it prints
+    assert qm9_data.atomref("U0")[1, 0].item() == pytest.approx(-13.61312172, abs=1e-5)
+    assert qm9_data.atomref("gap") is None and qm9_data.atomref("U0_atom") is None
+
+
+def test_target_names() -> None:
+    assert qm9_data.target_index("gap") == 4 and qm9_data.target_index("GAP") == 4
+    assert qm9_data.target_index("u0") == 7 and qm9_data.target_index("U0_atom") == 12
+    assert qm9_data.target_index(18) == 18 and qm9_data.target_index("3") == 3
+    assert [TARGETS[n][0] for n in TARGETS] == list(range(19))
+    for bad in ["bandgap", 19, -1, ""]:
+        with pytest.raises(ValueError, match="unknown QM9 target .*gap, r2"):
+            qm9_data.target_index(bad)
+
+
+def test_cache_second_load_is_fast_and_equal(qm9: QM9) -> None:
+    start = time.perf_counter()
+    again = QM9(qm9.root, progress=False)
+    assert time.perf_counter() - start < 5.0
+    for attr in ("z", "pos", "ptr", "y", "gdb"):
+        assert torch.equal(getattr(qm9, attr), getattr(again, attr))
+    cache = qm9.root / f"qm9_v{qm9_data.CACHE_FORMAT}.pt"
+    assert cache.stat().st_size < 60e6
+
+
+def test_truncated_cache_is_rebuilt(qm9: QM9, tmp_path) -> None:
+    cache = qm9.root / f"qm9_v{qm9_data.CACHE_FORMAT}.pt"
+    broken = tmp_path / cache.name
+    shutil.copy(cache, broken)
+    with open(broken, "r+b") as f:
+        f.truncate(broken.stat().st_size // 2)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        rebuilt = QM9(tmp_path, progress=False)
+    assert torch.equal(rebuilt.y, qm9.y) and torch.equal(rebuilt.pos, qm9.pos)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt cache now loads cleanly
+        QM9(tmp_path, progress=False)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_stale_cache_is_rebuilt(qm9: QM9, tmp_path) -> None:
+    cache = qm9.root / f"qm9_v{qm9_data.CACHE_FORMAT}.pt"
+    tensors = torch.load(cache, weights_only=True)
+    tensors["fingerprint"] = "from another release"
+    torch.save(tensors, tmp_path / cache.name)
+    with pytest.warns(UserWarning, match="another qm9pack release"):
+        QM9(tmp_path, progress=False)
+
+
+def test_splits() -> None:
+    n = 130_831
+    a, b = qm9_data.split_indices(n, seed=7), qm9_data.split_indices(n, seed=7)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
+    c = qm9_data.split_indices(n, seed=8)
+    assert not torch.equal(a["train"], c["train"])
+    sub = qm9_data.split_indices(n, subset_size=10_000, seed=7)
+    assert [len(sub[k]) for k in ("train", "val", "test")] == [8_000, 1_000, 1_000]
+    for s in (a, sub):
+        everything = torch.cat(list(s.values()))
+        assert everything.unique().numel() == everything.numel()  # disjoint
+        assert int(everything.min()) >= 0 and int(everything.max()) < n
+    for bad in (0, -5, n + 1):
+        with pytest.raises(ValueError, match="subset size"):
+            qm9_data.split_indices(n, subset_size=bad)
+    with pytest.raises(ValueError, match="too small"):
+        qm9_data.split_indices(n, subset_size=5)
+
+
+def test_split_roundtrip(tmp_path) -> None:
+    s = qm9_data.split_indices(1000, seed=3)
+    qm9_data.save_split(s, tmp_path / "split.json", seed=3)
+    t = qm9_data.load_split(tmp_path / "split.json")
+    assert all(torch.equal(s[k], t[k]) for k in s)
+
+
+def test_batcher_matches_data_objects(qm9: QM9) -> None:
+    mols = torch.tensor([5, 0, 130_830, 42])
+    b = qm9_data.Batcher(qm9)(mols)
+    for k, m in enumerate(mols.tolist()):
+        d = qm9[m]
+        assert torch.equal(b.z[b.batch == k], d.z) and torch.equal(b.pos[b.batch == k], d.pos)
+        assert torch.equal(b.y[k], d.y[0])
+    assert HARTREE_TO_EV == HA
