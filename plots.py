@@ -1,0 +1,88 @@
+"""The three figures a training run leaves in results/: test predictions, loss curves, t-SNE of molecule embeddings.
+
+Each function takes plain arrays and a path, and writes the PNG atomically (a reader never sees half a file).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, target: str, unit: str,
+                     path: Path, title: str = "") -> None:
+    """Predicted vs. DFT value for every test molecule, with the y = x line and MAE / RMSE / R^2."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    pad = 0.03 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1, ls="--", label="y = x", zorder=1)
+    hb = ax.hexbin(y_true, y_pred, gridsize=70, bins="log", cmap="viridis", mincnt=1, zorder=2)
+    fig.colorbar(hb, ax=ax, label="molecules per cell")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"DFT {target} ({unit})")
+    ax.set_ylabel(f"SchNet {target} ({unit})")
+    text = (f"MAE  {metrics['mae']:.4g} {unit}\nRMSE {metrics['rmse']:.4g} {unit}\nR$^2$   {metrics['r2']:.4f}\n"
+            f"n = {len(y_true):,} test molecules")
+    ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", family="monospace", fontsize=8.5,
+            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"QM9 {target}: test set")
+    _save(fig, path)
+
+
+def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "") -> None:
+    """Training loss (standardised units) and validation MAE (target unit) per epoch, log scale."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6.4, 4.2))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss (standardised target)", color="tab:blue")
+    ax1.set_yscale("log")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h["val_mae"] for h in history], "s-", ms=3, color="tab:red", label="validation MAE")
+    ax2.set_ylabel(f"validation MAE ({unit})", color="tab:red")
+    ax2.set_yscale("log")
+    best = int(np.argmin([h["val_mae"] for h in history]))
+    ax2.axvline(epochs[best], color="0.6", ls=":", lw=1)
+    ax2.annotate(f"best {history[best]['val_mae']:.4g} {unit}", (epochs[best], history[best]["val_mae"]),
+                 textcoords="offset points", xytext=(6, 8), fontsize=8)
+    lines = ax1.get_lines()[:1] + ax2.get_lines()[:1]
+    ax1.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
+    ax1.set_title(title or "Training")
+    ax1.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
+def plot_tsne(embeddings: np.ndarray, values: np.ndarray, target: str, unit: str, path: Path,
+              seed: int = 0, title: str = "") -> None:
+    """2-D t-SNE of molecule embeddings [M, D], coloured by the target value [M]."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(embeddings) - 1) / 3)))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    lo, hi = np.percentile(values, [1, 99])
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=6, cmap="viridis", vmin=lo, vmax=hi, linewidths=0)
+    fig.colorbar(sc, ax=ax, label=f"{target} ({unit})")
+    ax.set_xlabel("t-SNE 1 (arbitrary units)")
+    ax.set_ylabel("t-SNE 2 (arbitrary units)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"t-SNE of SchNet molecule embeddings ({len(values):,} test molecules)")
+    _save(fig, path)
