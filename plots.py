@@ -47,25 +47,31 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, targ
 
 
 def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "") -> None:
-    """Training loss (standardised units) and validation MAE (target unit) per epoch, log scale."""
+    """Training MAE (running mean over each epoch, while the weights change) and validation MAE per epoch, both
+    in the target's unit on a log scale, with the learning rate on a second axis."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(6.4, 4.2))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss (standardised target)", color="tab:blue")
-    ax1.set_yscale("log")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h["val_mae"] for h in history], "s-", ms=3, color="tab:red", label="validation MAE")
-    ax2.set_ylabel(f"validation MAE ({unit})", color="tab:red")
-    ax2.set_yscale("log")
-    best = int(np.argmin([h["val_mae"] for h in history]))
-    ax2.axvline(epochs[best], color="0.6", ls=":", lw=1)
-    ax2.annotate(f"best {history[best]['val_mae']:.4g} {unit}", (epochs[best], history[best]["val_mae"]),
-                 textcoords="offset points", xytext=(6, 8), fontsize=8)
-    lines = ax1.get_lines()[:1] + ax2.get_lines()[:1]
-    ax1.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
-    ax1.set_title(title or "Training")
-    ax1.grid(alpha=0.3, which="both")
+    val = [h["val_mae"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.6, 4.2))
+    ax.plot(epochs, [h["train_mae"] for h in history], "o-", ms=3, color="tab:blue", label="train MAE")
+    ax.plot(epochs, val, "s-", ms=3, color="tab:red", label="validation MAE")
+    best = int(np.argmin(val))
+    ax.axvline(epochs[best], color="0.6", ls=":", lw=1)
+    ax.annotate(f"best {val[best]:.4g} {unit}", (epochs[best], val[best]), textcoords="offset points",
+                xytext=(4, 10), fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"MAE ({unit})")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, which="both")
+    lr_ax = ax.twinx()
+    lr_ax.plot(epochs, [h["lr"] for h in history], color="0.55", lw=1, ls="--", label="learning rate")
+    lr_ax.set_ylabel("learning rate at epoch end", color="0.45")
+    lr_ax.set_yscale("log")
+    lines = ax.get_lines()[:2] + lr_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
+    ax.set_title(title or "Training")
     _save(fig, path)
 
 

@@ -243,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     start_epoch = state["epoch"] if state else 0
     start_step = state["step_in_epoch"] if state else 0
     loss_sum = state["loss_sum"] if state else 0.0
+    abs_err_sum = state["abs_err_sum"] if state else 0.0
     elapsed0 = state["elapsed"] if state else 0.0
     finished = bool(state and state["finished"])
     meta = dict(format=CHECKPOINT_FORMAT, target=target, target_index=t, unit=unit, model_config=config,
@@ -251,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def save_state(epoch: int, step: int, done: bool) -> None:
         save_atomic({**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch, "step_in_epoch": step, "loss_sum": loss_sum, "history": history,
+                     "epoch": epoch, "step_in_epoch": step, "loss_sum": loss_sum, "abs_err_sum": abs_err_sum, "history": history,
                      "best_val": best_val, "best_epoch": best_epoch, "finished": done,
                      "elapsed": elapsed0 + time.perf_counter() - t0}, last_path)
 
@@ -286,24 +287,26 @@ def run(args: argparse.Namespace) -> dict:
                                         f"(now {args.lr:g}) or --clip-grad, or --resume from the last good state")
                 bar.set_postfix(loss=f"{value:.4f}")
             loss_sum += loss.detach()
+            abs_err_sum += (pred.detach() - b.y[:, t]).abs().sum()
             bar.update(1)
             if time.perf_counter() - last_save > args.checkpoint_every:
-                loss_sum = float(loss_sum)
+                loss_sum, abs_err_sum = float(loss_sum), float(abs_err_sum)
                 save_state(epoch, step + 1, False)
                 last_save = time.perf_counter()
         bar.close()
         train_loss = float(loss_sum) / steps_per_epoch
+        train_mae = float(abs_err_sum) / len(train_idx)
         val = regression_metrics(predict(model, batcher, val_idx, eval_bs), data.y[val_idx, t])
         seconds = time.perf_counter() - t_epoch
-        history.append(dict(epoch=epoch + 1, train_loss=train_loss, val_mae=val["mae"], val_rmse=val["rmse"],
+        history.append(dict(epoch=epoch + 1, train_loss=train_loss, train_mae=train_mae, val_mae=val["mae"], val_rmse=val["rmse"],
                             lr=optimizer.param_groups[0]["lr"], seconds=seconds))
-        print(f"epoch {epoch + 1:4d}/{args.epochs} | train loss {train_loss:.5f} | val MAE {val['mae']:.5g} {unit} "
+        print(f"epoch {epoch + 1:4d}/{args.epochs} | train loss {train_loss:.5f} | train MAE {train_mae:.5g} | val MAE {val['mae']:.5g} {unit} "
               f"| lr {optimizer.param_groups[0]['lr']:.2e} | {seconds:.1f} s", flush=True)
         if val["mae"] < best_val:
             best_val, best_epoch = val["mae"], epoch + 1
             save_atomic({**meta, "state_dict": model.state_dict(), "epoch": best_epoch,
                          "metrics": {"val_mae": best_val}}, best_path)
-        epoch, start_step, loss_sum = epoch + 1, 0, 0.0
+        epoch, start_step, loss_sum, abs_err_sum = epoch + 1, 0, 0.0, 0.0
         finished = epoch >= args.epochs or (args.patience and epoch - best_epoch >= args.patience)
         save_state(epoch, 0, bool(finished))
         if finished and epoch < args.epochs:
