@@ -30,8 +30,13 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, targ
     lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
     pad = 0.03 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1, ls="--", label="y = x", zorder=1)
-    hb = ax.hexbin(y_true, y_pred, gridsize=70, bins="log", cmap="viridis", mincnt=1, zorder=2)
-    fig.colorbar(hb, ax=ax, label="molecules per cell")
+    if len(y_true) <= 5000:
+        ax.scatter(y_true, y_pred, s=7, alpha=0.45, color="tab:blue", linewidths=0, zorder=2)
+    else:  # too many points to see: show the density
+        from matplotlib.colors import LogNorm
+
+        hb = ax.hexbin(y_true, y_pred, gridsize=80, norm=LogNorm(), cmap="viridis", mincnt=1, zorder=2)
+        fig.colorbar(hb, ax=ax, label="molecules per hexagon", format="%d")
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal")
@@ -58,8 +63,9 @@ def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "")
     ax.plot(epochs, val, "s-", ms=3, color="tab:red", label="validation MAE")
     best = int(np.argmin(val))
     ax.axvline(epochs[best], color="0.6", ls=":", lw=1)
+    left = best > len(epochs) / 2  # keep the label inside the axes
     ax.annotate(f"best {val[best]:.4g} {unit}", (epochs[best], val[best]), textcoords="offset points",
-                xytext=(4, 10), fontsize=8)
+                xytext=(-6 if left else 6, 10), ha="right" if left else "left", fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"MAE ({unit})")
     ax.set_yscale("log")
