@@ -1,0 +1,30 @@
+"""The setup files agree with each other and pin what must be pinned."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def requirement_lines(text: str) -> list[str]:
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+def test_requirements_and_environment_list_the_same_packages() -> None:
+    reqs = requirement_lines((REPO / "requirements.txt").read_text())
+    env = [m.group(1).strip() for m in re.finditer(r"^\s+- (\S.*)$", (REPO / "environment.yml").read_text(), re.M)]
+    pip_section = env[env.index("pip:") + 1:] if "pip:" in env else [e for e in env if "==" in e or ">=" in e]
+    assert sorted(reqs) == sorted(pip_section)
+    assert "torch==2.13.0" in reqs  # an unpinned torch pulls a multi-GB CUDA build
+    names = {re.split(r"[=<>]", r)[0] for r in reqs}
+    assert {"torch", "torch-geometric", "torch-cluster", "numpy", "matplotlib", "scikit-learn", "tqdm", "pandas",
+            "qm9pack", "ase"} <= names
+    assert "name: gdl_molecule" in (REPO / "environment.yml").read_text()
+    assert "python=3.11" in (REPO / "environment.yml").read_text()
+
+
+def test_ci_runs_the_readme_commands() -> None:
+    readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
+    assert "bash install.sh" in readme and "bash install.sh" in ci
+    assert "python -m pytest -q tests" in readme and "pytest -q tests" in ci
