@@ -267,8 +267,9 @@ def run(args: argparse.Namespace) -> dict:
     abs_err_sum = state["abs_err_sum"] if state else 0.0
     elapsed0 = state["elapsed"] if state else 0.0
     finished = bool(state and state["finished"])
+    train_elements = Batcher(data)(train_idx).z.unique().tolist()  # what predict.py accepts
     meta = dict(format=CHECKPOINT_FORMAT, target=target, target_index=t, unit=unit, model_config=config,
-                normalisation=norm, seed=args.seed, subset_size=args.subset_size,
+                normalisation=norm, seed=args.seed, subset_size=args.subset_size, elements=train_elements,
                 split={"train": train_idx, "val": val_idx, "test": test_idx})
 
     def save_state(epoch: int, step: int, done: bool) -> None:
