@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import resource
 import sys
 import time
@@ -161,17 +160,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = rows[-1]
         print(f"  {name}: ours {r['ours_mol_s']:,.0f} mol/s, reference {r['reference_mol_s']:,.0f} mol/s", flush=True)
 
-    print(f"\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio | ours peak (MB) | "
-          f"reference peak (MB) |\n|---|---|---|---|---|---|---|---|")
+    print("\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio | ours peak (MB) | "
+          "reference peak (MB) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['hardware']} | {r['batch_size']} | {r['ours_mol_s']:,.0f} | "
               f"{r['reference_mol_s']:,.0f} | {r['ratio']:.2f}x | {r['ours_peak_mb']:,.0f} | "
               f"{r['reference_peak_mb']:,.0f} |")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(rows, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        with qm9_data.atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 

@@ -1,10 +1,10 @@
-"""The three figures a training run leaves in results/: test predictions, loss curves, t-SNE of molecule embeddings.
+"""The figures: test predictions, loss curves and t-SNE of molecule embeddings (train.py), per-atom contributions
+(predict.py).
 
 Each function takes plain arrays and a path, and writes the PNG atomically (a reader never sees half a file).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,14 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from qm9_data import atomic_write  # noqa: E402
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, target: str, unit: str,
@@ -48,7 +47,7 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, targ
             bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or f"QM9 {target}: test set")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "") -> None:
@@ -78,7 +77,7 @@ def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "")
     lines = ax.get_lines()[:2] + lr_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
     ax.set_title(title or "Training")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_tsne(embeddings: np.ndarray, values: np.ndarray, target: str, unit: str, path: Path,
@@ -97,4 +96,35 @@ def plot_tsne(embeddings: np.ndarray, values: np.ndarray, target: str, unit: str
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"t-SNE of SchNet molecule embeddings ({len(values):,} test molecules)")
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def plot_contributions(z: np.ndarray, pos: np.ndarray, values: np.ndarray, label: str, unit: str, title: str,
+                       path: Path) -> None:
+    """One molecule (z [n], pos [n, 3] in Angstrom) drawn on its plane of largest extent: atoms sized by element,
+    coloured by `values` [n] on a diverging scale around their mean, bonds between close pairs."""
+    from ase.data import chemical_symbols, covalent_radii
+    from matplotlib.colors import TwoSlopeNorm
+
+    centred = pos - pos.mean(0)
+    axes = np.linalg.svd(centred, full_matrices=False)[2] if len(z) > 1 else np.eye(3)
+    xy = centred @ axes[:2].T if len(z) > 1 else np.zeros((1, 2))
+    radii = covalent_radii[z]
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    for i, j in zip(*np.nonzero(np.triu(d < 1.2 * (radii[:, None] + radii[None]), k=1))):
+        ax.plot(xy[[i, j], 0], xy[[i, j], 1], color="0.55", lw=2, zorder=1)
+    centre = float(values.mean())
+    spread = float(np.abs(values - centre).max()) or 1e-9
+    norm = TwoSlopeNorm(vcenter=centre, vmin=centre - spread, vmax=centre + spread)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], s=900 * radii**2, c=values, cmap="RdBu_r", norm=norm, edgecolors="k",
+                    linewidths=0.8, zorder=2)
+    for (x, y), zi in zip(xy, z):
+        ax.text(x, y, chemical_symbols[zi], ha="center", va="center", fontsize=8, zorder=3)
+    fig.colorbar(sc, ax=ax, shrink=0.75, label=f"{label} ({unit}); white: molecule mean")
+    ax.set_aspect("equal")
+    ax.margins(0.15)
+    ax.set_xlabel("Å (principal axis 1)")
+    ax.set_ylabel("Å (principal axis 2)")
+    ax.set_title(title)
+    save_figure(fig, path)

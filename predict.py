@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import plots
 import train
-from qm9_data import MAX_ATOMS
+from qm9_data import MAX_ATOMS, atomic_write
 
 
 @dataclass
@@ -86,45 +86,6 @@ def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device:
     return np.concatenate(preds), contributions
 
 
-def plot_contributions(m: Molecule, values: np.ndarray, label: str, unit: str, path: Path) -> None:
-    """Atoms at their positions projected on the molecule's plane of largest extent, sized by element, coloured
-    by their contribution on a diverging scale around the molecule's mean; bonds for close pairs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from ase.data import chemical_symbols, covalent_radii
-    from matplotlib.colors import TwoSlopeNorm
-
-    centred = m.pos - m.pos.mean(0)
-    axes = np.linalg.svd(centred, full_matrices=False)[2] if len(m.z) > 1 else np.eye(3)
-    xy = centred @ axes[:2].T if len(m.z) > 1 else np.zeros((1, 2))
-    radii = covalent_radii[m.z]
-    fig, ax = plt.subplots(figsize=(6.2, 5.2))
-    d = np.linalg.norm(m.pos[:, None] - m.pos[None], axis=-1)
-    for i, j in zip(*np.nonzero(np.triu(d < 1.2 * (radii[:, None] + radii[None]), k=1))):
-        ax.plot(xy[[i, j], 0], xy[[i, j], 1], color="0.55", lw=2, zorder=1)
-    centre = float(values.mean())
-    spread = float(np.abs(values - centre).max()) or 1e-9
-    norm = TwoSlopeNorm(vcenter=centre, vmin=centre - spread, vmax=centre + spread)
-    sc = ax.scatter(xy[:, 0], xy[:, 1], s=900 * radii**2, c=values, cmap="RdBu_r", norm=norm, edgecolors="k",
-                    linewidths=0.8, zorder=2)
-    for (x, y), zi in zip(xy, m.z):
-        ax.text(x, y, chemical_symbols[zi], ha="center", va="center", fontsize=8, zorder=3)
-    fig.colorbar(sc, ax=ax, shrink=0.75, label=f"{label} ({unit}); white: molecule mean")
-    ax.set_aspect("equal")
-    ax.margins(0.15)
-    ax.set_xlabel("Å (principal axis 1)")
-    ax.set_ylabel("Å (principal axis 2)")
-    ax.set_title(f"{m.formula} ({Path(m.file).name}, frame {m.frame}): {values.sum():.4g} {unit} in total"
-                 if "free atom" not in label else f"{m.formula} ({Path(m.file).name}, frame {m.frame})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Formats: anything ase.io.read reads "
                                 "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...).")
@@ -170,16 +131,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             name = f"{Path(m.file).stem}" + (f"_{m.frame}" if sum(x.file == m.file for x in molecules) > 1 else "")
             shown = c - atomref[m.z] if has_ref else c
             label = f"{target} contribution" + (" minus free atom energy" if has_ref else "")
-            plot_contributions(m, shown, label, unit, args.output_dir / f"atom_contributions_{name}.png")
+            title = f"{m.formula} ({Path(m.file).name}, frame {m.frame})" + (
+                "" if has_ref else f": {c.sum():.4g} {unit} in total")
+            plots.plot_contributions(m.z, m.pos, shown, label, unit, title,
+                                     args.output_dir / f"atom_contributions_{name}.png")
     if args.csv:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.csv.with_name(f".{args.csv.name}.tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, args.csv)
+        with atomic_write(args.csv) as tmp:
+            tmp.write_text(buf.getvalue())
     return rows
 
 

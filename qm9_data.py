@@ -15,6 +15,7 @@ operations on these tensors, on the CPU or on the GPU, with no per-molecule Pyth
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -22,6 +23,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,16 +240,16 @@ def _valid(tensors: dict) -> bool:
         return False
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers see the old file or the new one,
-    never a half-written one."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write to; on success it is renamed onto `path`, so readers see the
+    old file or the new one, never half of one (also after kill -9). On error the temporary file is removed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -272,7 +274,8 @@ def load_tensors(root: str | Path = "data", force_reload: bool = False, progress
         warnings.warn(f"QM9 cache {path} is {reason}: rebuilding it", stacklevel=2)
     tensors = parse_qm9pack(folder, progress=progress)
     tensors["fingerprint"] = fingerprint
-    _save_atomic(tensors, path)
+    with atomic_write(path) as tmp:
+        torch.save(tensors, tmp)
     return tensors
 
 
@@ -352,12 +355,9 @@ def split_indices(num_molecules: int, subset_size: int | None = None, seed: int 
 
 def save_split(split: dict[str, Tensor], path: str | Path, **meta) -> None:
     """Write a split as JSON (indices into QM9 and whatever metadata, e.g. the seed), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**meta, **{k: v.tolist() for k, v in split.items()}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(payload))
 
 
 def load_split(path: str | Path) -> dict[str, Tensor]:

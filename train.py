@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -167,15 +166,9 @@ def regression_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
     return dict(mae=mae, rmse=rmse, r2=r2)
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    qm9_data._save_atomic(obj, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def save_checkpoint(obj: dict, path: Path) -> None:
+    with qm9_data.atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -273,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
                 split={"train": train_idx, "val": val_idx, "test": test_idx})
 
     def save_state(epoch: int, step: int, done: bool) -> None:
-        save_atomic({**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint({**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "epoch": epoch, "step_in_epoch": step, "loss_sum": loss_sum, "abs_err_sum": abs_err_sum,
                      "history": history, "best_val": best_val, "best_epoch": best_epoch, "finished": done,
                      "elapsed": elapsed0 + time.perf_counter() - t0}, last_path)
@@ -320,7 +313,7 @@ def run(args: argparse.Namespace) -> dict:
               f"| lr {optimizer.param_groups[0]['lr']:.2e} | {seconds:.1f} s", flush=True)
         if val["mae"] < best_val:
             best_val, best_epoch = val["mae"], epoch + 1
-            save_atomic({**meta, "state_dict": model.state_dict(), "epoch": best_epoch,
+            save_checkpoint({**meta, "state_dict": model.state_dict(), "epoch": best_epoch,
                          "metrics": {"val_mae": best_val}}, best_path)
         epoch, start_step, loss_sum, abs_err_sum = epoch + 1, 0, 0.0, 0.0
         finished = epoch >= args.epochs or (args.patience and epoch - best_epoch >= args.patience)
@@ -341,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
           + f" | RMSE {test['rmse']:.5g} {unit} | R2 {test['r2']:.5f}")
 
     best["metrics"] = {**best["metrics"], **{f"test_{k}": v for k, v in test.items()}}
-    save_atomic(best, best_path)
+    save_checkpoint(best, best_path)
     tag = f" ({args.suffix.strip('_')})" if args.suffix else ""
     plots.plot_predictions(true.numpy(), pred.numpy(), test, target, unit, out_dir / f"predictions{args.suffix}.png",
                            title=f"QM9 {target}: {len(test_idx):,} test molecules{tag}")
@@ -359,9 +352,11 @@ def run(args: argparse.Namespace) -> dict:
                    else f"CPU ({torch.get_num_threads()} threads)", wall_time_s=train_seconds,
                    peak_memory_mb=peak_memory_mb(device), parameters=n_params, torch=torch.__version__,
                    checkpoint=str(best_path))
-    write_text_atomic(out_dir / f"metrics{args.suffix}.json", json.dumps(metrics, indent=2) + "\n")
+    with qm9_data.atomic_write(out_dir / f"metrics{args.suffix}.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     rows = [",".join(history[0])] + [",".join(f"{v}" for v in h.values()) for h in history]
-    write_text_atomic(out_dir / f"history{args.suffix}.csv", "\n".join(rows) + "\n")
+    with qm9_data.atomic_write(out_dir / f"history{args.suffix}.csv") as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
     print(f"wrote {out_dir}/{{predictions,loss_curve,tsne}}{args.suffix}.png, metrics{args.suffix}.json, "
           f"history{args.suffix}.csv and {best_path} in {train_seconds:.0f} s of training")
     return metrics

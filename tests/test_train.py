@@ -72,7 +72,7 @@ def test_checkpoint_reproduces_reported_test_mae(lite_run: Path, qm9) -> None:
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     args = [sys.executable, "train_lite.py", "--subset-size", "600", "--epochs", "3", "--tsne-samples", "25",
             "--device", "cpu", "--checkpoint-every", "0"]
-    reference = run(args, tmp_path / "clean")
+    run(args, tmp_path / "clean")
     killed = tmp_path / "killed"
     cmd = args + ["--output-dir", str(killed / "results"), "--checkpoint-dir", str(killed / "checkpoints"),
                   "--data-dir", str(REPO / "data")]
