@@ -408,11 +408,11 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
     global _backend_announced
     if batch is None:
         batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
-    if not _backend_announced:
+    if not _backend_announced:  # say once per process which implementation builds the graphs
         _backend_announced = True
-        if _torch_cluster is None:
-            warnings.warn("torch_cluster is not importable: radius graphs use the exact pure-PyTorch fallback",
-                          stacklevel=2)
+        warnings.warn("radius graphs: torch_cluster.radius_graph" if _torch_cluster is not None else
+                      "radius graphs: torch_cluster is not importable, using the exact pure-PyTorch fallback",
+                      stacklevel=2)
     if _torch_cluster is None or pos.is_cuda and not _cluster_has_cuda():
         return _radius_graph_pytorch(pos, r, batch)
     cap = int(torch.bincount(batch).max()) if pos.numel() else 1
