@@ -92,6 +92,10 @@ ATOM_ENERGIES_HARTREE: dict[int, tuple[float, float, float, float]] = {
     9: (-99.718730, -99.717314, -99.716370, -99.733544),
 }
 
+_ATOM_ENERGY_TABLE = np.zeros((max(ATOM_ENERGIES_HARTREE) + 1, 4))  # [atomic number, U0/U/H/G], Hartree
+for _z, _energies in ATOM_ENERGIES_HARTREE.items():
+    _ATOM_ENERGY_TABLE[_z] = _energies
+
 
 def target_index(target: str | int) -> int:
     """Column of `y` for a target given by name (case-insensitive) or by index 0-18.
@@ -126,8 +130,7 @@ def atomref(target: str | int) -> Tensor | None:
     if not 7 <= idx <= 10:
         return None
     out = torch.zeros(100, 1)
-    for z, energies in ATOM_ENERGIES_HARTREE.items():
-        out[z, 0] = energies[idx - 7] * HARTREE_TO_EV
+    out[: len(_ATOM_ENERGY_TABLE), 0] = torch.from_numpy(_ATOM_ENERGY_TABLE[:, idx - 7] * HARTREE_TO_EV)
     return out
 
 
@@ -200,14 +203,12 @@ def parse_qm9pack(folder: Path | None = None, progress: bool = True) -> dict[str
                 props = np.zeros((len(df), len(TARGETS)), dtype=np.float64)
                 for column, (col, factor) in _CSV_COLUMNS.items():
                     props[:, col] = df[column].to_numpy(np.float64) * factor
-                # Atomization energies: total energy minus the free atoms' energies, both in Hartree, then eV.
-                mol_of_atom = np.repeat(np.arange(len(df)), n_atoms)
+                # Atomization energies: total energy minus the free atoms' energies (targets 12-15 from 7-10).
+                mol_of_atom = np.repeat(np.arange(len(df)), n_atoms)  # [atoms in chunk]
+                free_atoms = _ATOM_ENERGY_TABLE[z]  # [atoms in chunk, 4], Hartree
                 for k in range(4):
-                    e_atoms = np.array([ATOM_ENERGIES_HARTREE[e][k] for e in ELEMENTS.values()])
-                    table = np.zeros(10)
-                    table[list(ELEMENTS.values())] = e_atoms
-                    ref = np.bincount(mol_of_atom, weights=table[z], minlength=len(df))
-                    props[:, 12 + k] = (props[:, 7 + k] / HARTREE_TO_EV - ref) * HARTREE_TO_EV
+                    ref = np.bincount(mol_of_atom, weights=free_atoms[:, k], minlength=len(df))
+                    props[:, 12 + k] = props[:, 7 + k] - ref * HARTREE_TO_EV
                 chunks.append((df["Index"].to_numpy(np.int64), n_atoms, z, pos, props))
                 bar.update(len(df))
 

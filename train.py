@@ -225,6 +225,9 @@ def run(args: argparse.Namespace) -> dict:
         if state["model_config"] != config:
             raise TrainingError(f"{last_path} holds another architecture ({state['model_config']}) than the flags "
                                 "ask for: pass the same flags as the interrupted run, or start over without --resume")
+        if state["batch_size"] != args.batch_size:
+            raise TrainingError(f"{last_path} was trained with --batch-size {state['batch_size']}: resume with the "
+                                "same batch size (its position within the epoch counts batches)")
         split = {k: state["split"][k] for k in ("train", "val", "test")}
         print(f"Resuming {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
     else:
@@ -262,7 +265,8 @@ def run(args: argparse.Namespace) -> dict:
     finished = bool(state and state["finished"])
     train_elements = Batcher(data)(train_idx).z.unique().tolist()  # what predict.py accepts
     meta = dict(format=CHECKPOINT_FORMAT, target=target, target_index=t, unit=unit, model_config=config,
-                normalisation=norm, seed=args.seed, subset_size=args.subset_size, elements=train_elements,
+                normalisation=norm, seed=args.seed, subset_size=args.subset_size, batch_size=args.batch_size,
+                elements=train_elements,
                 split={"train": train_idx, "val": val_idx, "test": test_idx})
 
     def save_state(epoch: int, step: int, done: bool) -> None:

@@ -129,6 +129,8 @@ def test_resume_refuses_another_target_or_architecture(lite_run: Path) -> None:
     assert proc.returncode == 1 and "was trained for target 'gap'" in proc.stderr
     proc = run(base + ["--hidden", "32"], lite_run, check=False)
     assert proc.returncode == 1 and "another architecture" in proc.stderr
+    proc = run(base + ["--batch-size", "8"], lite_run, check=False)
+    assert proc.returncode == 1 and "same batch size" in proc.stderr
 
 
 def test_nan_loss_stops_with_a_message(tmp_path: Path) -> None:
