@@ -69,7 +69,10 @@ def measure(pipeline: str, config: dict, batch_size: int, device_name: str, warm
     else:
         from torch_geometric.loader import DataLoader
 
-        model = SchNet_reference(config, mean, std).to(device)
+        from schnet_model import SchNet
+
+        # PyG's own class, with our radius graph as its interaction_graph (PyG 2.8's needs pyg-lib)
+        model = SchNet(**config, readout="add", mean=mean, std=std).to_pyg().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         loader = iter(DataLoader([data[int(i)] for i in order], batch_size=batch_size, shuffle=False))
 
@@ -98,21 +101,6 @@ def measure(pipeline: str, config: dict, batch_size: int, device_name: str, warm
     return dict(mol_s=steps * batch_size / seconds, peak_mb=peak, seconds=seconds)
 
 
-def SchNet_reference(config: dict, mean: float, std: float):
-    """torch_geometric.nn.models.SchNet with the given hyperparameters and our (full, directed) radius graph."""
-    from torch_geometric.nn.models import SchNet as PyGSchNet
-
-    from qm9_data import radius_graph
-
-    cutoff = config["cutoff"]
-
-    def interaction_graph(pos, batch):
-        edge_index = radius_graph(pos, cutoff, batch)
-        return edge_index, (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
-
-    return PyGSchNet(**config, interaction_graph=interaction_graph, readout="add", mean=mean, std=std)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -129,9 +117,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda was asked for, but PyTorch sees no CUDA GPU: use --device cpu or auto")
-    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    import train
+
+    try:
+        device = train.resolve_device(args.device).type
+    except train.TrainingError as err:
+        sys.exit(f"error: {err}")
     steps = args.steps or (300 if device == "cuda" else 30)
     warmup = args.warmup if args.warmup is not None else (30 if device == "cuda" else 5)
     if steps <= 0 or warmup < 0:

@@ -141,6 +141,12 @@ class InteractionBlock(nn.Module):
         return self.lin(self.act(self.conv(x, edge_index, edge_weight, edge_attr)))
 
 
+def _sum_per_molecule(values: Tensor, batch: Tensor) -> Tensor:
+    """values [N, D] per atom, batch [N] sorted molecule index -> [num_graphs, D] sums per molecule."""
+    num_graphs = int(batch[-1]) + 1 if batch.numel() else 0
+    return values.new_zeros(num_graphs, values.size(1)).index_add_(0, batch, values)
+
+
 class SchNet(nn.Module):
     r"""SchNet for one scalar property per molecule.
 
@@ -245,19 +251,15 @@ class SchNet(nn.Module):
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
         """Prediction per molecule: [num_graphs, 1]."""
         batch = torch.zeros_like(z) if batch is None else batch
-        a = self.atom_contributions(z, pos, batch)
-        num_graphs = int(batch[-1]) + 1 if batch.numel() else 0
-        return a.new_zeros(num_graphs, 1).index_add_(0, batch, a.unsqueeze(-1))
+        return _sum_per_molecule(self.atom_contributions(z, pos, batch).unsqueeze(-1), batch)
 
     def embedding(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
         """Learned molecule representation: the readout ('add' or 'mean') of the atom features that the output
         layer maps linearly to the atom contributions. [num_graphs, hidden_channels // 2]; used for t-SNE."""
         batch = torch.zeros_like(z) if batch is None else batch
-        h = self._atom_features(z, pos, batch)  # [N, D]
-        num_graphs = int(batch[-1]) + 1 if batch.numel() else 0
-        out = h.new_zeros(num_graphs, h.size(1)).index_add_(0, batch, h)
+        out = _sum_per_molecule(self._atom_features(z, pos, batch), batch)  # [B, D]
         if self.readout == "mean":
-            out = out / torch.bincount(batch, minlength=num_graphs).clamp(min=1).unsqueeze(-1)
+            out = out / torch.bincount(batch, minlength=out.size(0)).clamp(min=1).unsqueeze(-1)
         return out
 
     def to_pyg(self) -> nn.Module:
