@@ -60,7 +60,7 @@ def measure(pipeline: str, config: dict, batch_size: int, device_name: str, warm
         from schnet_model import SchNet
 
         model = SchNet(**config, readout="add", mean=mean, std=std).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        optimizer = train.make_optimizer(model, lr=1e-4)
         batcher = qm9_data.Batcher(data, device)
         batches = iter(order.split(batch_size))
 

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+import cpu_kernels
+
 HARTREE_TO_EV = 27.211386246
 NUM_MOLECULES = 130_831
 MAX_ATOMS = 29  # the largest QM9 molecule
@@ -378,23 +380,12 @@ RADIUS_BACKEND = "torch_cluster" if _torch_cluster is not None else "pytorch"
 _backend_announced = False
 
 
-def _radius_graph_pytorch(pos: Tensor, r: float, batch: Tensor) -> Tensor:
-    """Exact radius graph in plain PyTorch: every ordered pair of distinct atoms of one molecule, kept if closer
-    than r. Memory is O(sum over molecules of n_atoms^2), which is small for molecules (~340 pairs per QM9 one)."""
-    n = pos.size(0)
-    counts = torch.bincount(batch)  # [B] atoms per molecule
-    start = torch.cumsum(counts, 0) - counts  # [B] first atom of each molecule
-    deg = counts[batch]  # [N] atoms in my molecule
-    total = int(deg.sum())
-    i = torch.repeat_interleave(torch.arange(n, device=pos.device), deg, output_size=total)  # [P]
-    first_pair = torch.cumsum(deg, 0) - deg  # [N] position of atom i's first pair
-    j = start[batch[i]] + torch.arange(total, device=pos.device) - first_pair[i]  # [P]
-    keep = (i != j) & ((pos[i] - pos[j]).square().sum(-1) <= r * r)
-    return torch.stack([j[keep], i[keep]])  # source (neighbour) -> target (centre), as torch_cluster
-
-
 def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
     """All ordered pairs (j, i) of distinct atoms in the same molecule with |pos_i - pos_j| <= r.
+
+    The directed graph PyTorch Geometric's SchNet expects (bench.py's reference, tests). Uses torch_cluster when
+    it imports, with its neighbour cap set to the largest molecule so that none is dropped; otherwise both
+    directions of `radius_pairs`.
 
     Args:
         pos: [num_atoms, 3] positions.
@@ -402,9 +393,6 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
         batch: [num_atoms] molecule of each atom, sorted; None for a single molecule.
     Returns:
         edge_index [2, num_edges]: row 0 the neighbour j (source), row 1 the centre i (target).
-
-    Uses torch_cluster when it imports, otherwise an exact pure-PyTorch equivalent; no neighbour is dropped
-    (torch_cluster's cap is set to the largest molecule in the batch).
     """
     global _backend_announced
     if batch is None:
@@ -412,10 +400,11 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
     if not _backend_announced:  # say once per process which implementation builds the graphs
         _backend_announced = True
         warnings.warn("radius graphs: torch_cluster.radius_graph" if _torch_cluster is not None else
-                      "radius graphs: torch_cluster is not importable, using the exact pure-PyTorch fallback",
+                      "radius graphs: torch_cluster is not importable, using radius_pairs in both directions",
                       stacklevel=2)
     if _torch_cluster is None or pos.is_cuda and not _cluster_has_cuda():
-        return _radius_graph_pytorch(pos, r, batch)
+        pairs = cpu_kernels.radius_pairs(pos, r, batch)
+        return torch.cat([pairs, pairs.flip(0)], dim=1)
     cap = int(torch.bincount(batch).max()) if pos.numel() else 1
     return _torch_cluster.radius_graph(pos, r, batch, loop=False, max_num_neighbors=cap)
 

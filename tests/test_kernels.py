@@ -1,0 +1,97 @@
+"""The fused CPU kernels compute the same functions, and the same gradients, as their pure-PyTorch definitions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cpu_kernels
+from schnet_model import SchNet
+
+pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="the C++ kernels did not build on this machine")
+
+
+def random_pairs(num_atoms: int, num_pairs: int, g: torch.Generator) -> torch.Tensor:
+    """[2, P] unordered pairs (j < i), sorted like the interaction graph, with repeated atoms on both sides."""
+    i = torch.randint(1, num_atoms, (num_pairs,), generator=g)
+    j = (torch.rand(num_pairs, generator=g) * i).long()
+    order = torch.argsort(i * num_atoms + j)
+    return torch.stack([j[order], i[order]])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("channels", [1, 13, 64, 128])
+def test_aggregate_values_and_gradients(dtype: torch.dtype, tol: float, channels: int) -> None:
+    g = torch.Generator().manual_seed(channels)
+    n, p = 40, 300
+    pairs = random_pairs(n, p, g)
+    inputs = [torch.randn(n, channels, generator=g, dtype=dtype), torch.randn(p, channels, generator=g, dtype=dtype),
+              torch.rand(p, generator=g, dtype=dtype)]
+    grad_out = torch.randn(n, channels, generator=g, dtype=dtype)
+    results = []
+    for fn in (cpu_kernels.aggregate, cpu_kernels.aggregate_reference):
+        x, w, c = (t.clone().requires_grad_() for t in inputs)
+        out = fn(x, w, c, pairs)
+        out.backward(grad_out)
+        results.append([out.detach(), x.grad, w.grad, c.grad])
+    for fused, reference in zip(*results):
+        scale = reference.abs().max().clamp(min=1)
+        assert float((fused - reference).abs().max() / scale) < tol
+
+
+def test_aggregate_gradcheck() -> None:
+    g = torch.Generator().manual_seed(0)
+    pairs = random_pairs(7, 15, g)
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True, generator=g)
+    w = torch.randn(15, 5, dtype=torch.float64, requires_grad=True, generator=g)
+    c = torch.rand(15, dtype=torch.float64, requires_grad=True, generator=g)
+    assert torch.autograd.gradcheck(lambda x, w, c: cpu_kernels.aggregate(x, w, c, pairs), (x, w, c))
+
+
+def test_aggregate_without_envelope_gradient() -> None:
+    """Training never differentiates the envelope (positions need no gradient): its gradient is skipped."""
+    g = torch.Generator().manual_seed(1)
+    pairs = random_pairs(10, 30, g)
+    x = torch.randn(10, 8, requires_grad=True, generator=g)
+    w = torch.randn(30, 8, requires_grad=True, generator=g)
+    cpu_kernels.aggregate(x, w, torch.rand(30, generator=g), pairs).sum().backward()
+    assert x.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-7), (torch.float64, 1e-15)])
+def test_shifted_softplus_values_and_gradients(dtype: torch.dtype, tol: float) -> None:
+    """Absolute error within rounding of the result over the whole range, tails included, and ssp(0) = 0."""
+    x = torch.cat([torch.linspace(-120, 120, 20001, dtype=dtype), torch.tensor([0.0, 1e-30, -1e-30], dtype=dtype)])
+    x.requires_grad_()
+    y = cpu_kernels.shifted_softplus(x)
+    y.backward(torch.ones_like(y))
+    exact = torch.nn.functional.softplus(x.detach().double(), threshold=1000.0) - cpu_kernels.LN2
+    err = (y.detach().double() - exact).abs() / exact.abs().clamp(min=1.0)
+    assert float(err.max()) < 4 * tol
+    assert float((x.grad.double() - torch.sigmoid(x.detach().double())).abs().max()) < 4 * tol
+    assert float(cpu_kernels.shifted_softplus(torch.zeros(1, dtype=dtype))) == pytest.approx(0.0, abs=tol)
+
+
+def test_shifted_softplus_gradcheck() -> None:
+    x = torch.randn(50, dtype=torch.float64, requires_grad=True) * 5
+    assert torch.autograd.gradcheck(cpu_kernels.shifted_softplus, (x.detach().requires_grad_(),))
+
+
+def test_model_is_the_same_function_with_and_without_kernels(monkeypatch) -> None:
+    """Whole model, float64: predictions and every parameter gradient agree between the two paths."""
+    torch.manual_seed(0)
+    model = SchNet(hidden_channels=32, num_filters=24, num_interactions=2, num_gaussians=10, cutoff=4.0).double()
+    z = torch.randint(1, 10, (30,))
+    pos = torch.randn(30, 3, dtype=torch.float64) * 1.5
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([8, 12, 10]))
+    grads = []
+    for kernels in (True, False):
+        if not kernels:
+            monkeypatch.setattr(cpu_kernels, "_module", None)
+        model.zero_grad()
+        out = model(z, pos, batch)
+        out.sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_k, g_k), (out_r, g_r) = grads
+    assert torch.allclose(out_k, out_r, rtol=0, atol=1e-10)
+    for a, b in zip(g_k, g_r):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
