@@ -138,3 +138,26 @@ def test_nan_loss_stops_with_a_message(tmp_path: Path) -> None:
                check=False)
     assert proc.returncode == 1 and "the loss became" in proc.stderr, proc.stderr
     assert not (tmp_path / "results" / "metrics_lite.json").exists()
+
+
+def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
+    """FlatAdam (all parameters in one tensor) follows torch.optim.Adam over the model's parameters: the same
+    weights after 5 clipped steps, and checkpoints of the weights still load into a plain SchNet."""
+    from schnet_model import LITE_CONFIG, SchNet
+
+    batches = [qm9_data.Batcher(qm9)(torch.arange(16) + 16 * k) for k in range(5)]
+    models = []
+    for flat in (True, False):
+        torch.manual_seed(0)
+        model = SchNet(**LITE_CONFIG, mean=0.0, std=1.0)
+        opt = train.make_optimizer(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
+        for b in batches:
+            train.train_step(model, opt, b, 4, 1.0, clip_grad=0.5)  # small max norm: clipping is active
+        models.append(model)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    torch.manual_seed(0)
+    assert not torch.allclose(models[0].lin2.weight, SchNet(**LITE_CONFIG).lin2.weight)  # it did train
+    fresh = SchNet(**LITE_CONFIG)
+    fresh.load_state_dict(models[0].state_dict())
+    assert torch.equal(fresh.lin2.weight, models[0].lin2.weight)
