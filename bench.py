@@ -1,18 +1,20 @@
 """Training throughput of this repo's SchNet step against PyTorch Geometric's pipeline, side by side, in one run.
 
     python bench.py                          # all three configurations, on CUDA when present
-    python bench.py --device cpu --config lite --steps 30 --json results/bench_cpu.json
+    python bench.py --device cpu --config lite --json results/bench_cpu.json
 
-For each configuration both pipelines train the same architecture on the same QM9 training molecules, with the
-same batch size, optimiser (Adam), loss (MSE on the standardised target) and gradient clipping:
+For each configuration both pipelines train the same architecture on the same QM9 training molecules, in the same
+order, with the same batch size, optimiser (Adam), loss (MSE on the standardised target) and gradient clipping:
 
   ours       schnet_model.SchNet fed by qm9_data.Batcher (batches cut from flat tensors on the device), the
-             training step of train.py;
+             training step and optimiser of train.py;
   reference  torch_geometric.nn.models.SchNet fed by torch_geometric.loader.DataLoader over Data objects, given
              our radius graph as its interaction_graph (PyG 2.8's own needs pyg-lib).
 
-Each measurement runs in a fresh process, so that peak memory (CUDA: max allocated; CPU: peak resident set) is its
-own. Throughput is molecules per second over the timed steps, after warm-up steps.
+Throughput: both pipelines live in one process and take turns, `--rounds` blocks of steps each after their warm-up
+steps, so that a machine whose speed drifts (shared CPUs, clocks) slows both alike; the figure is the median over
+the blocks, and the ratio's spread over the rounds is printed beside it. Peak memory (CUDA: max allocated; CPU:
+peak resident set, data and Python included) is measured for each pipeline alone, in a fresh process.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CONFIGS = {  # name -> (model hyperparameters, batch size)
@@ -38,9 +42,9 @@ def _default_config() -> tuple[dict, int]:
     return dict(FULL_CONFIG), train.FULL_DEFAULTS["batch_size"]
 
 
-def measure(pipeline: str, config: dict, batch_size: int, device_name: str, warmup: int, steps: int,
-            data_dir: str, threads: int) -> dict:
-    """Time `steps` training steps of one pipeline after `warmup` steps. Runs in its own process."""
+def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_steps: int, data_dir: str,
+           threads: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, sync) for one pipeline, with the data for `num_steps` steps of its batches prepared."""
     import torch
 
     torch.set_num_threads(threads)
@@ -51,15 +55,15 @@ def measure(pipeline: str, config: dict, batch_size: int, device_name: str, warm
     data = qm9_data.QM9(data_dir, progress=False)
     train_idx = qm9_data.split_indices(len(data), seed=0)["train"]
     g = torch.Generator().manual_seed(0)
-    order = train_idx[torch.randperm(len(train_idx), generator=g)][: (warmup + steps) * batch_size]
+    order = train_idx[torch.randperm(len(train_idx), generator=g)][: num_steps * batch_size]
     y = data.y[train_idx, TARGET]
     mean, std = float(y.mean()), float(y.std())
     torch.manual_seed(0)
+    from schnet_model import SchNet
 
+    model = SchNet(**config, readout="add", mean=mean, std=std)
     if pipeline == "ours":
-        from schnet_model import SchNet
-
-        model = SchNet(**config, readout="add", mean=mean, std=std).to(device)
+        model = model.to(device)
         optimizer = train.make_optimizer(model, lr=1e-4)
         batcher = qm9_data.Batcher(data, device)
         batches = iter(order.split(batch_size))
@@ -69,36 +73,57 @@ def measure(pipeline: str, config: dict, batch_size: int, device_name: str, warm
     else:
         from torch_geometric.loader import DataLoader
 
-        from schnet_model import SchNet
-
         # PyG's own class, with our radius graph as its interaction_graph (PyG 2.8's needs pyg-lib)
-        model = SchNet(**config, readout="add", mean=mean, std=std).to_pyg().to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        ref = model.to_pyg().to(device)
+        ref_optimizer = torch.optim.Adam(ref.parameters(), lr=1e-4)
         loader = iter(DataLoader([data[int(i)] for i in order], batch_size=batch_size, shuffle=False))
 
         def step() -> None:
             b = next(loader).to(device)
-            pred = model(b.z, b.pos, b.batch)[:, 0]
+            pred = ref(b.z, b.pos, b.batch)[:, 0]
             loss = torch.nn.functional.mse_loss(pred / std, b.y[:, TARGET] / std)
-            optimizer.zero_grad(set_to_none=True)
+            ref_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 10.0)
+            ref_optimizer.step()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    return step, sync
+
+
+def measure_memory(pipeline: str, config: dict, batch_size: int, device_name: str, steps: int, data_dir: str,
+                   threads: int) -> float:
+    """Peak memory in MB of `steps` training steps of one pipeline, alone in its (fresh) process."""
+    import torch
+
+    step, sync = _setup(pipeline, config, batch_size, device_name, steps, data_dir, threads)
     for _ in range(steps):
         step()
     sync()
-    seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    return dict(mol_s=steps * batch_size / seconds, peak_mb=peak, seconds=seconds)
+    if device_name == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure_throughput(config: dict, batch_size: int, device_name: str, warmup: int, steps: int, rounds: int,
+                       data_dir: str, threads: int) -> dict[str, list[float]]:
+    """Molecules/s of each pipeline in each of `rounds` alternating blocks of steps // rounds timed steps."""
+    block = steps // rounds
+    pipelines = {name: _setup(name, config, batch_size, device_name, warmup + block * rounds, data_dir, threads)
+                 for name in ("reference", "ours")}
+    for step, sync in pipelines.values():
+        for _ in range(warmup):
+            step()
+        sync()
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(rounds):
+        for name, (step, sync) in pipelines.items():
+            start = time.perf_counter()
+            for _ in range(block):
+                step()
+            sync()
+            rates[name].append(block * batch_size / (time.perf_counter() - start))
+    return rates
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -108,9 +133,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--config", choices=["lite", "seed", "default", "all"], default="all",
                    help="lite: train_lite.py's model, batch 16; seed: 128/128, 3 interactions, cutoff 5, batch 32; "
                         "default: train.py's defaults")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 30 on CPU, "
-                   "300 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on CPU, 30 on CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per pipeline, split into --rounds blocks "
+                   "(default: 60 on CPU, 600 on CUDA)")
+    p.add_argument("--rounds", type=int, default=6, help="alternating blocks per pipeline")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CPU, 50 on CUDA)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     p.add_argument("--data-dir", default="data")
     args = p.parse_args(argv)
@@ -123,40 +149,50 @@ def main(argv: list[str] | None = None) -> list[dict]:
         device = train.resolve_device(args.device).type
     except train.TrainingError as err:
         sys.exit(f"error: {err}")
-    steps = args.steps or (300 if device == "cuda" else 30)
-    warmup = args.warmup if args.warmup is not None else (30 if device == "cuda" else 5)
-    if steps <= 0 or warmup < 0:
-        sys.exit("error: --steps must be positive and --warmup non-negative")
+    steps = args.steps or (600 if device == "cuda" else 60)
+    warmup = args.warmup if args.warmup is not None else (50 if device == "cuda" else 10)
+    if args.rounds <= 0 or steps < args.rounds or warmup < 0:
+        sys.exit("error: --rounds must be positive, --steps at least --rounds, and --warmup non-negative")
+    import cpu_kernels
     import qm9_data
 
-    qm9_data.QM9(args.data_dir)  # build the cache once, before the measuring processes start
+    qm9_data.QM9(args.data_dir)  # build the cache and the kernels once, before the measuring processes start
+    kernels = cpu_kernels.backend() if device == "cpu" else "pure PyTorch (CUDA)"
     configs = dict(CONFIGS, default=_default_config())
     names = list(configs) if args.config == "all" else [args.config]
-    hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"bench: {hardware} | torch {torch.__version__} | radius graph {qm9_data.RADIUS_BACKEND} | "
-          f"{warmup} warm-up + {steps} timed steps per measurement")
+    threads = torch.get_num_threads()
+    hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
+    block = steps // args.rounds
+    print(f"bench: {hardware} | torch {torch.__version__} | ours: {kernels} | reference radius graph: "
+          f"{qm9_data.RADIUS_BACKEND} | {warmup} warm-up steps, then {args.rounds} alternating blocks of {block} "
+          f"timed steps per pipeline")
     ctx = mp.get_context("spawn")
     rows = []
     for name in names:
         config, batch_size = configs[name]
-        result = {}
+        with ctx.Pool(1) as pool:
+            rates = pool.apply(measure_throughput, (config, batch_size, device, warmup, block * args.rounds,
+                                                    args.rounds, args.data_dir, threads))
+        peaks = {}
         for pipeline in ("reference", "ours"):
             with ctx.Pool(1) as pool:
-                result[pipeline] = pool.apply(measure, (pipeline, config, batch_size, device, warmup, steps,
-                                                        args.data_dir, torch.get_num_threads()))
+                peaks[pipeline] = pool.apply(measure_memory, (pipeline, config, batch_size, device, warmup + block,
+                                                              args.data_dir, threads))
+        ours, ref = statistics.median(rates["ours"]), statistics.median(rates["reference"])
+        per_round = [a / b for a, b in zip(rates["ours"], rates["reference"])]
         rows.append(dict(config=name, device=device, hardware=hardware, batch_size=batch_size, model=config,
-                         ours_mol_s=result["ours"]["mol_s"], reference_mol_s=result["reference"]["mol_s"],
-                         ratio=result["ours"]["mol_s"] / result["reference"]["mol_s"],
-                         ours_peak_mb=result["ours"]["peak_mb"], reference_peak_mb=result["reference"]["peak_mb"]))
-        r = rows[-1]
-        print(f"  {name}: ours {r['ours_mol_s']:,.0f} mol/s, reference {r['reference_mol_s']:,.0f} mol/s", flush=True)
+                         ours_mol_s=ours, reference_mol_s=ref, ratio=ours / ref, ratio_min=min(per_round),
+                         ratio_max=max(per_round), ours_peak_mb=peaks["ours"], reference_peak_mb=peaks["reference"],
+                         warmup=warmup, rounds=args.rounds, steps_per_round=block, ours_kernels=kernels))
+        print(f"  {name}: ours {ours:,.0f} mol/s, reference {ref:,.0f} mol/s, ratio {ours / ref:.2f}x "
+              f"(rounds: {min(per_round):.2f}-{max(per_round):.2f}x)", flush=True)
 
-    print("\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio | ours peak (MB) | "
+    print("\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio (rounds) | ours peak (MB) | "
           "reference peak (MB) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['hardware']} | {r['batch_size']} | {r['ours_mol_s']:,.0f} | "
-              f"{r['reference_mol_s']:,.0f} | {r['ratio']:.2f}x | {r['ours_peak_mb']:,.0f} | "
-              f"{r['reference_peak_mb']:,.0f} |")
+              f"{r['reference_mol_s']:,.0f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+              f"{r['ours_peak_mb']:,.0f} | {r['reference_peak_mb']:,.0f} |")
     if args.json:
         with qm9_data.atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(rows, indent=2) + "\n")

@@ -7,7 +7,8 @@
 //    read or write a [P, F] tensor. Threads split the F channels, so no two of them write the same element.
 // 2. The shifted softplus ssp(x) = ln(1 + e^x) - ln 2 together with its derivative sigmoid(x), from one
 //    exponential, so that the backward pass is a single product.
-// 3. The interaction graph: every pair of atoms of one molecule within the cutoff, in one loop (the same pairs,
+// 3. The Gaussian expansion of the distances, exp(coeff * (d_p - mu_k)^2), in one pass instead of four.
+// 4. The interaction graph: every pair of atoms of one molecule within the cutoff, in one loop (the same pairs,
 //    in the same order, as qm9_data.radius_pairs builds with ~30 tensor operations).
 #if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY)
 #define CPU_CAPABILITY_AVX2  // ATen's 8-lane float vectors (Sleef exp / log1p, exported by libtorch_cpu)
@@ -133,6 +134,22 @@ void ssp_kernel(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ dydx
 }
 
 template <typename T>
+void gaussian_kernel(const T* __restrict__ d, const T* __restrict__ mu, T coeff, T* __restrict__ out, int64_t P,
+                     int64_t K) {
+  using Vec = at::vec::Vectorized<T>;
+  at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const Vec dp(d[p]), c(coeff);
+      for (int64_t k = 0; k < K; k += Vec::size()) {
+        const int64_t m = std::min<int64_t>(Vec::size(), K - k);
+        const Vec diff = dp - Vec::loadu(mu + k, m);
+        (c * diff * diff).exp().store(out + p * K + k, m);
+      }
+    }
+  });
+}
+
+template <typename T>
 void radius_pairs_kernel(const T* __restrict__ pos, const int64_t* __restrict__ batch, int64_t n, T r2,
                          std::vector<int64_t>& js, std::vector<int64_t>& is) {
   for (int64_t start = 0, end = 0; start < n; start = end) {  // one molecule: atoms [start, end)
@@ -199,6 +216,19 @@ std::vector<torch::Tensor> ssp_forward(torch::Tensor x) {
   return {y, dydx};
 }
 
+// [P, K] Gaussians of the distances d [P] around the centres mu [K].
+torch::Tensor gaussian_expansion(torch::Tensor d, torch::Tensor mu, double coeff) {
+  TORCH_CHECK(d.dim() == 1 && mu.dim() == 1 && d.scalar_type() == mu.scalar_type(), "d [P] and mu [K], one dtype");
+  TORCH_CHECK(d.device().is_cpu() && mu.device().is_cpu(), "CPU tensors expected");
+  d = d.contiguous(), mu = mu.contiguous();
+  auto out = torch::empty({d.size(0), mu.size(0)}, d.options());
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "gaussian_expansion", [&] {
+    gaussian_kernel<scalar_t>(d.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), static_cast<scalar_t>(coeff),
+                              out.data_ptr<scalar_t>(), d.size(0), mu.size(0));
+  });
+  return out;
+}
+
 // Unordered pairs (j < i) of atoms of one molecule with |pos_i - pos_j| <= r: [2, P], ordered by molecule, i, j.
 torch::Tensor radius_pairs(torch::Tensor pos, torch::Tensor batch, double r) {
   TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3 && pos.device().is_cpu(), "pos [N, 3] on the CPU expected");
@@ -222,5 +252,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("aggregate_forward", &aggregate_forward, "continuous-filter aggregation over unordered pairs");
   m.def("aggregate_backward", &aggregate_backward, "its gradients with respect to x, w and c");
   m.def("ssp_forward", &ssp_forward, "shifted softplus and its derivative");
+  m.def("gaussian_expansion", &gaussian_expansion, "Gaussian radial basis of distances");
   m.def("radius_pairs", &radius_pairs, "unordered pairs of atoms of one molecule within a cutoff");
 }

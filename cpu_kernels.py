@@ -7,13 +7,15 @@ shifted softplus and its backward pass — and building the interaction graph ou
 
     aggregate(x, w, c, pairs)[n] = sum_{p = {j, i}: i = n} x_j * w_p * c_p  +  sum_{p = {j, i}: j = n} x_i * w_p * c_p
     shifted_softplus(x)          = ln(1 + e^x) - ln 2,   with  d/dx = sigmoid(x)
+    gaussians(d, mu, coeff)      = exp(coeff * (d_p - mu_k)^2)                       [P, K]
     radius_pairs(pos, r, batch)  = {(j, i): j < i, same molecule, |pos_i - pos_j| <= r}
 
 x [N, F] atom features, w [P, F] filters, c [P] cutoff envelope, pairs [2, P] unordered (j, i). The kernels are
 compiled from `cpu_kernels.cpp` with torch.utils.cpp_extension the first time they are needed (about 40 s; the
 build is kept in `build/cpu_kernels/` and reused until the source changes). Everything else — CUDA tensors, a
 machine without a C++ compiler, or `SCHNET_CPU_KERNELS=0` in the environment — runs the pure-PyTorch
-definitions below (`aggregate_reference`, `shifted_softplus_reference`, `radius_pairs_reference`), which
+definitions below (`aggregate_reference`, `shifted_softplus_reference`, `gaussians_reference`,
+`radius_pairs_reference`), which
 tests/test_kernels.py compares the kernels with (values and gradients, float32 and float64).
 """
 from __future__ import annotations
@@ -86,6 +88,11 @@ def shifted_softplus_reference(x: Tensor) -> Tensor:
     return F.softplus(x) - LN2
 
 
+def gaussians_reference(d: Tensor, mu: Tensor, coeff: float) -> Tensor:
+    """d [P], mu [K] -> [P, K] = exp(coeff * (d_p - mu_k)^2)."""
+    return torch.exp(coeff * (d.view(-1, 1) - mu.view(1, -1)).square())
+
+
 def radius_pairs_reference(pos: Tensor, r: float, batch: Tensor) -> Tensor:
     """All unordered pairs {j, i} of atoms of one molecule with |pos_i - pos_j| <= r: edge_index [2, P], j < i.
 
@@ -147,14 +154,24 @@ class _ShiftedSoftplus(torch.autograd.Function):
 
 
 def _use_kernels(*tensors: Tensor) -> bool:
-    return all(t.device.type == "cpu" for t in tensors) and load() is not None
+    """The kernels take CPU tensors of one dtype, float32 or float64."""
+    dtype = tensors[0].dtype
+    return (dtype in (torch.float32, torch.float64) and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
+            and load() is not None)
 
 
 def aggregate(x: Tensor, w: Tensor, c: Tensor, edge_index: Tensor) -> Tensor:
     """Continuous-filter aggregation (see the module docstring): [N, F]. Fused on CPU, reference elsewhere."""
-    if _use_kernels(x, w) and x.dtype == w.dtype == c.dtype and x.dtype in (torch.float32, torch.float64):
+    if _use_kernels(x, w, c):
         return _Aggregate.apply(x, w, c, edge_index[0], edge_index[1])
     return aggregate_reference(x, w, c, edge_index)
+
+
+def gaussians(d: Tensor, mu: Tensor, coeff: float) -> Tensor:
+    """exp(coeff * (d_p - mu_k)^2): [P, K]. One pass on CPU; the reference when d needs a gradient (forces)."""
+    if not d.requires_grad and _use_kernels(d, mu):
+        return _module.gaussian_expansion(d, mu, float(coeff))
+    return gaussians_reference(d, mu, coeff)
 
 
 def radius_pairs(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
@@ -164,13 +181,13 @@ def radius_pairs(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
     """
     if batch is None:
         batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
-    if _use_kernels(pos) and pos.dtype in (torch.float32, torch.float64):
+    if _use_kernels(pos):
         return _module.radius_pairs(pos.detach(), batch, float(r))
     return radius_pairs_reference(pos, r, batch)
 
 
 def shifted_softplus(x: Tensor) -> Tensor:
     """ln(1 + e^x) - ln 2, elementwise. Fused on CPU, reference elsewhere."""
-    if _use_kernels(x) and x.dtype in (torch.float32, torch.float64):
+    if _use_kernels(x):
         return _ShiftedSoftplus.apply(x)
     return shifted_softplus_reference(x)

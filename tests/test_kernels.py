@@ -95,3 +95,16 @@ def test_model_is_the_same_function_with_and_without_kernels(monkeypatch) -> Non
     assert torch.allclose(out_k, out_r, rtol=0, atol=1e-10)
     for a, b in zip(g_k, g_r):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("num_gaussians", [1, 25, 50, 51])
+def test_gaussians_equal_the_reference(dtype: torch.dtype, tol: float, num_gaussians: int) -> None:
+    d = torch.rand(1000, dtype=dtype) * 12
+    mu = torch.linspace(0, 10, num_gaussians, dtype=dtype)
+    coeff = -0.5 / (10 / max(1, num_gaussians - 1)) ** 2
+    fused = cpu_kernels.gaussians(d, mu, coeff)
+    assert fused.shape == (1000, num_gaussians)
+    assert float((fused - cpu_kernels.gaussians_reference(d, mu, coeff)).abs().max()) < tol
+    d.requires_grad_()  # a gradient through the distances takes the differentiable reference path
+    assert cpu_kernels.gaussians(d, mu, coeff).requires_grad
