@@ -53,7 +53,8 @@ def load() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    if not any(BUILD_DIR.glob("*.so")):
+    built = [so.stat().st_mtime for so in BUILD_DIR.glob("*.so")]
+    if not built or max(built) < SOURCE.stat().st_mtime:  # (torch rebuilds when the source changed)
         print(f"cpu_kernels: compiling {SOURCE.name} once (about 40 s) into {BUILD_DIR}", file=sys.stderr, flush=True)
     try:
         _module = cpp_extension.load(

@@ -2,7 +2,8 @@
 # Install everything this repo needs into the active Python, in the order the build requires:
 #   1. build tools (setuptools, wheel, ninja) and torch, pinned;
 #   2. everything else in requirements.txt with --no-build-isolation, so that torch-cluster's C++ extension
-#      compiles against the torch installed in step 1 (it exists on PyPI only as source).
+#      compiles against the torch installed in step 1 (it exists on PyPI only as source);
+#   3. this repo's fused CPU kernels (cpu_kernels.cpp), compiled once into build/cpu_kernels/.
 # Idempotent: when everything is installed, a second run only checks and takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,18 +31,21 @@ sys.exit(1 if missing else 0)
 PYEOF
 then
     echo "All requirements are already installed in $($PY -c 'import sys; print(sys.prefix)')."
-    exit 0
+else
+    step "Build tools and $TORCH_PIN"
+    $PY -m pip install --upgrade-strategy only-if-needed setuptools wheel ninja packaging "$TORCH_PIN"
+
+    step "torch-geometric, torch-cluster and the rest of requirements.txt"
+    if ! $PY -c 'import torch_cluster' 2>/dev/null; then
+        echo "    torch-cluster is compiled from source: ~25 minutes on 2 CPU cores the first time;"
+        echo "    pip caches the wheel, so later installs take seconds."
+    fi
+    MAX_JOBS=${MAX_JOBS:-$(nproc)} $PY -m pip install --no-build-isolation -r requirements.txt
+
+    step "Check"
+    $PY -c 'import torch, torch_geometric, torch_cluster; print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, torch_cluster {torch_cluster.__version__}, cuda available: {torch.cuda.is_available()}")'
 fi
 
-step "Build tools and $TORCH_PIN"
-$PY -m pip install --upgrade-strategy only-if-needed setuptools wheel ninja packaging "$TORCH_PIN"
-
-step "torch-geometric, torch-cluster and the rest of requirements.txt"
-if ! $PY -c 'import torch_cluster' 2>/dev/null; then
-    echo "    torch-cluster is compiled from source: ~25 minutes on 2 CPU cores the first time;"
-    echo "    pip caches the wheel, so later installs take seconds."
-fi
-MAX_JOBS=${MAX_JOBS:-$(nproc)} $PY -m pip install --no-build-isolation -r requirements.txt
-
-step "Check"
-$PY -c 'import torch, torch_geometric, torch_cluster; print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, torch_cluster {torch_cluster.__version__}, cuda available: {torch.cuda.is_available()}")'
+step "Fused CPU kernels (cpu_kernels.cpp)"
+# Without a C++ compiler the repo still runs, on the pure-PyTorch path, and says so here.
+$PY -c 'import cpu_kernels; print(f"    CPU training path: {cpu_kernels.backend()}")'

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+import cpu_kernels
 import plots
 import qm9_data
 from qm9_data import Batcher, QM9
@@ -282,8 +283,9 @@ def run(args: argparse.Namespace) -> dict:
     total_steps, warmup = args.epochs * steps_per_epoch, min(1000, steps_per_epoch)
 
     n_params = count_parameters(model)
+    kernels = cpu_kernels.backend() if device.type == "cpu" else "pure PyTorch"
     print(f"SchNet {config} | {n_params:,} parameters | target {target} ({unit}) | device {device} | "
-          f"radius graph: {qm9_data.RADIUS_BACKEND}")
+          f"{kernels}")
     print(f"molecules: {len(train_idx):,} train / {len(val_idx):,} val / {len(test_idx):,} test | "
           f"batch {args.batch_size}, {steps_per_epoch} steps per epoch")
 
@@ -388,7 +390,7 @@ def run(args: argparse.Namespace) -> dict:
                    device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU ({torch.get_num_threads()} threads)", wall_time_s=train_seconds,
                    peak_memory_mb=peak_memory_mb(device), parameters=n_params, torch=torch.__version__,
-                   checkpoint=str(best_path))
+                   kernels=kernels, checkpoint=str(best_path))
     with qm9_data.atomic_write(out_dir / f"metrics{args.suffix}.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     rows = [",".join(history[0])] + [",".join(f"{v}" for v in h.values()) for h in history]

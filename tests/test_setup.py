@@ -28,3 +28,17 @@ def test_ci_runs_the_readme_commands() -> None:
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
     assert "bash install.sh" in readme and "bash install.sh" in ci
     assert "python -m pytest -q tests" in readme and "pytest -q tests" in ci
+
+
+def test_the_cpu_kernels_build_where_a_compiler_exists() -> None:
+    """Without this, a broken cpu_kernels.cpp would only show as a warning and a slower pure-PyTorch path."""
+    import shutil
+
+    import pytest
+
+    import cpu_kernels
+
+    if shutil.which("c++") is None or not cpu_kernels.enabled():
+        pytest.skip("no C++ compiler here (or SCHNET_CPU_KERNELS=0): the pure-PyTorch path is used")
+    assert cpu_kernels.load() is not None
+    assert cpu_kernels.backend() == "fused C++ kernels"
