@@ -1,9 +1,9 @@
-"""SchNet's three non-matrix-product steps, as fused CPU kernels and as the pure-PyTorch definitions they equal.
+"""SchNet's four non-matrix-product steps, as fused CPU kernels and as the pure-PyTorch definitions they equal.
 
 On CPU a SchNet training step spends most of its non-matrix-product time streaming [P, F] tensors (P atom pairs,
 F filter channels) through memory — gathers, products and scatters in the continuous-filter convolution, the
-shifted softplus and its backward pass — and building the interaction graph out of ~30 small tensor operations.
-`cpu_kernels.cpp` does each of these in one pass:
+shifted softplus and its backward pass, the Gaussian expansion — and building the interaction graph out of ~30
+small tensor operations. `cpu_kernels.cpp` does each of these in one pass:
 
     aggregate(x, w, c, pairs)[n] = sum_{p = {j, i}: i = n} x_j * w_p * c_p  +  sum_{p = {j, i}: j = n} x_i * w_p * c_p
     shifted_softplus(x)          = ln(1 + e^x) - ln 2,   with  d/dx = sigmoid(x)
@@ -15,8 +15,8 @@ compiled from `cpu_kernels.cpp` with torch.utils.cpp_extension the first time th
 build is kept in `build/cpu_kernels/` and reused until the source changes). Everything else — CUDA tensors, a
 machine without a C++ compiler, or `SCHNET_CPU_KERNELS=0` in the environment — runs the pure-PyTorch
 definitions below (`aggregate_reference`, `shifted_softplus_reference`, `gaussians_reference`,
-`radius_pairs_reference`), which
-tests/test_kernels.py compares the kernels with (values and gradients, float32 and float64).
+`radius_pairs_reference`), which tests/test_kernels.py and tests/test_radius.py compare the kernels with (values
+and gradients, float32 and float64). Only first derivatives are implemented (training on forces would need more).
 """
 from __future__ import annotations
 
@@ -121,7 +121,6 @@ def radius_pairs_reference(pos: Tensor, r: float, batch: Tensor) -> Tensor:
     return torch.stack([j.index_select(0, keep), i.index_select(0, keep)])
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Autograd wrappers of the kernels.
 
@@ -157,8 +156,8 @@ class _ShiftedSoftplus(torch.autograd.Function):
 def _use_kernels(*tensors: Tensor) -> bool:
     """The kernels take CPU tensors of one dtype, float32 or float64."""
     dtype = tensors[0].dtype
-    return (dtype in (torch.float32, torch.float64) and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
-            and load() is not None)
+    same = all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
+    return same and dtype in (torch.float32, torch.float64) and load() is not None
 
 
 def aggregate(x: Tensor, w: Tensor, c: Tensor, edge_index: Tensor) -> Tensor:

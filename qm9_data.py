@@ -445,9 +445,11 @@ class Batcher:
     def __call__(self, mols: Tensor) -> Batch:
         """mols: [B] molecule indices (on any device) -> Batch on this batcher's device."""
         mols = mols.to(self.ptr.device)
-        counts = self.num_atoms[mols]  # [B]
+        counts = self.num_atoms.index_select(0, mols)  # [B] (index_select: cheaper than [] for these sizes)
         total = int(counts.sum())
         batch = torch.repeat_interleave(torch.arange(len(mols), device=mols.device), counts, output_size=total)
-        offset = torch.cumsum(counts, 0) - counts  # [B] first atom of each molecule within the batch
-        atoms = self.ptr[mols][batch] + torch.arange(total, device=mols.device) - offset[batch]  # [N]
-        return Batch(self.z[atoms], self.pos[atoms], batch, self.y[mols])
+        # atom n of the batch: its molecule's first atom in QM9 + its rank within the molecule
+        start = self.ptr.index_select(0, mols) - (torch.cumsum(counts, 0) - counts)  # [B]
+        atoms = start.index_select(0, batch) + torch.arange(total, device=mols.device)  # [N]
+        return Batch(self.z.index_select(0, atoms), self.pos.index_select(0, atoms), batch,
+                     self.y.index_select(0, mols))

@@ -196,7 +196,8 @@ class SchNet(nn.Module):
 
         self.register_buffer("mean", torch.tensor(0.0 if mean is None else float(mean)))
         self.register_buffer("std", torch.tensor(1.0 if std is None else float(std)))
-        self.register_buffer("atomref", torch.zeros(100, 1) if atomref is None else atomref.detach().float().view(100, 1))
+        atomref = torch.zeros(100, 1) if atomref is None else atomref.detach().float().view(100, 1)
+        self.register_buffer("atomref", atomref)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

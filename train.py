@@ -346,14 +346,15 @@ def run(args: argparse.Namespace) -> dict:
         train_mae = float(abs_err_sum) / len(train_idx)
         val = regression_metrics(predict(model, batcher, val_idx, eval_bs), data.y[val_idx, t])
         seconds = time.perf_counter() - t_epoch
-        history.append(dict(epoch=epoch + 1, train_loss=train_loss, train_mae=train_mae, val_mae=val["mae"], val_rmse=val["rmse"],
-                            lr=optimizer.param_groups[0]["lr"], seconds=seconds))
-        print(f"epoch {epoch + 1:4d}/{args.epochs} | train loss {train_loss:.5f} | train MAE {train_mae:.5g} | val MAE {val['mae']:.5g} {unit} "
-              f"| lr {optimizer.param_groups[0]['lr']:.2e} | {seconds:.1f} s", flush=True)
+        history.append(dict(epoch=epoch + 1, train_loss=train_loss, train_mae=train_mae, val_mae=val["mae"],
+                            val_rmse=val["rmse"], lr=optimizer.param_groups[0]["lr"], seconds=seconds))
+        print(f"epoch {epoch + 1:4d}/{args.epochs} | train loss {train_loss:.5f} | train MAE {train_mae:.5g} | "
+              f"val MAE {val['mae']:.5g} {unit} | lr {optimizer.param_groups[0]['lr']:.2e} | {seconds:.1f} s",
+              flush=True)
         if val["mae"] < best_val:
             best_val, best_epoch = val["mae"], epoch + 1
             save_checkpoint({**meta, "state_dict": model.state_dict(), "epoch": best_epoch,
-                         "metrics": {"val_mae": best_val}}, best_path)
+                             "metrics": {"val_mae": best_val}}, best_path)
         epoch, start_step, loss_sum, abs_err_sum = epoch + 1, 0, 0.0, 0.0
         finished = epoch >= args.epochs or (args.patience and epoch - best_epoch >= args.patience)
         save_state(epoch, 0, bool(finished))

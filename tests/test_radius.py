@@ -52,7 +52,8 @@ def test_kernel_pairs_equal_the_reference(batches, r: float, dtype: torch.dtype)
         pytest.skip("the C++ kernels did not build on this machine")
     for b in batches:
         pos = b.pos.to(dtype)
-        assert torch.equal(cpu_kernels.radius_pairs(pos, r, b.batch), cpu_kernels.radius_pairs_reference(pos, r, b.batch))
+        expected = cpu_kernels.radius_pairs_reference(pos, r, b.batch)
+        assert torch.equal(cpu_kernels.radius_pairs(pos, r, b.batch), expected)
 
 
 def test_kernel_pairs_refuse_an_unsorted_batch() -> None:
