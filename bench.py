@@ -151,8 +151,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sys.exit(f"error: {err}")
     steps = args.steps or (600 if device == "cuda" else 60)
     warmup = args.warmup if args.warmup is not None else (50 if device == "cuda" else 10)
-    if args.rounds <= 0 or steps < args.rounds or warmup < 0:
-        sys.exit("error: --rounds must be positive, --steps at least --rounds, and --warmup non-negative")
+    if args.rounds <= 0:
+        sys.exit(f"error: --rounds must be positive, got {args.rounds}")
+    if steps < args.rounds:
+        sys.exit(f"error: --steps ({steps}) must be at least --rounds ({args.rounds}): each round times steps // rounds")
+    if warmup < 0:
+        sys.exit(f"error: --warmup must be non-negative, got {warmup}")
     import cpu_kernels
     import qm9_data
 
