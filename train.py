@@ -155,10 +155,6 @@ class FlatAdam(torch.optim.Adam):
             p.grad = g
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> FlatAdam:
-    return FlatAdam(model, lr)
-
-
 def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batch, target: int,
                scale: float, loss: str = "mse", clip_grad: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch; the loss is taken on targets divided by `scale`.
@@ -269,13 +265,13 @@ def run(args: argparse.Namespace) -> dict:
     model = SchNet(**config, mean=norm["mean"], std=norm["std"],
                    atomref=None if norm["atomref"] is None else torch.tensor(norm["atomref"]).view(100, 1))
     model = model.to(device)
-    optimizer = make_optimizer(model, args.lr)
+    optimizer = FlatAdam(model, args.lr)
     if state:
         model.load_state_dict(state["state_dict"])
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError):
-            raise TrainingError(f"the optimiser state in {args.resume} does not fit this version's optimiser "
+            raise TrainingError(f"the optimiser state in {last_path} does not fit this version's optimiser "
                                 "(one flat parameter tensor): start without --resume") from None
     batcher = Batcher(data, device)
     eval_bs = max(256, args.batch_size)

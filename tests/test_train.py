@@ -133,6 +133,21 @@ def test_resume_refuses_another_target_or_architecture(lite_run: Path) -> None:
     assert proc.returncode == 1 and "same batch size" in proc.stderr
 
 
+def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp_path: Path) -> None:
+    """A resume state whose optimiser is per-parameter Adam (this repo before FlatAdam) stops with one line."""
+    import shutil
+
+    shutil.copytree(lite_run / "checkpoints", tmp_path / "checkpoints")
+    last = tmp_path / "checkpoints" / "last_lite.pth"
+    state = torch.load(last, weights_only=True)
+    model = train.model_from_checkpoint(state)
+    state["optimizer"] = torch.optim.Adam(model.parameters(), lr=1e-3).state_dict()
+    torch.save(state, last)
+    proc = run([sys.executable, "train_lite.py", *TINY, "--resume"], tmp_path, check=False)
+    assert proc.returncode == 1 and "does not fit this version's optimiser" in proc.stderr, proc.stderr
+    assert str(last) in proc.stderr.strip().splitlines()[-1]
+
+
 def test_nan_loss_stops_with_a_message(tmp_path: Path) -> None:
     proc = run([sys.executable, "train_lite.py", *TINY, "--lr", "1e30", "--clip-grad", "1e30"], tmp_path,
                check=False)
@@ -150,7 +165,7 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
     for flat in (True, False):
         torch.manual_seed(0)
         model = SchNet(**LITE_CONFIG, mean=0.0, std=1.0)
-        opt = train.make_optimizer(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = train.FlatAdam(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
         for b in batches:
             train.train_step(model, opt, b, 4, 1.0, clip_grad=0.5)  # small max norm: clipping is active
         models.append(model)
