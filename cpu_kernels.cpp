@@ -1,5 +1,5 @@
 // Fused CPU kernels for SchNet's memory-bound steps; cpu_kernels.py has the maths, the autograd wiring and the
-// pure-PyTorch reference that tests/test_kernels.py compares these with.
+// pure-PyTorch definitions that tests/test_kernels.py and tests/test_radius.py compare these with.
 //
 // 1. The continuous-filter aggregation over unordered pairs p = {j, i}:
 //        out[i] += x[j] * w[p] * c[p],   out[j] += x[i] * w[p] * c[p]
@@ -9,9 +9,9 @@
 //    exponential, so that the backward pass is a single product.
 // 3. The Gaussian expansion of the distances, exp(coeff * (d_p - mu_k)^2), in one pass instead of four.
 // 4. The interaction graph: every pair of atoms of one molecule within the cutoff, in one loop (the same pairs,
-//    in the same order, as qm9_data.radius_pairs builds with ~30 tensor operations).
+//    in the same order, as cpu_kernels.radius_pairs_reference builds with ~30 tensor operations).
 #if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY)
-#define CPU_CAPABILITY_AVX2  // ATen's 8-lane float vectors (Sleef exp / log1p, exported by libtorch_cpu)
+#define CPU_CAPABILITY_AVX2  // ATen's 8-lane float vectors (their exp is Sleef's, exported by libtorch_cpu)
 #define CPU_CAPABILITY AVX2
 #elif !defined(CPU_CAPABILITY)
 #define CPU_CAPABILITY DEFAULT
