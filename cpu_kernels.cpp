@@ -63,43 +63,29 @@ void aggregate_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, 
   });
 }
 
+// The gradient with respect to the filters: t_p = g[i] * x[j] + g[j] * x[i], dw[p] = c[p] * t_p and, when dc is
+// not null, dc[p] = sum_f w[p] * t_p. Every pair writes its own row, so threads split the pairs.
 template <typename T>
-void aggregate_backward_kernel(const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ w,
-                               const T* __restrict__ c, const int64_t* __restrict__ j,
-                               const int64_t* __restrict__ i, T* __restrict__ dx, T* __restrict__ dw,
-                               T* __restrict__ dc, int64_t P, int64_t F) {
-  at::parallel_for(0, F, kChannelGrain, [&](int64_t f0, int64_t f1) {
-    for (int64_t p = 0; p < P; ++p) {
-      const T* __restrict__ wr = w + p * F;
-      T* __restrict__ dwr = dw + p * F;
-      const T* __restrict__ xi = x + i[p] * F;
-      const T* __restrict__ xj = x + j[p] * F;
-      const T* __restrict__ gi = g + i[p] * F;
-      const T* __restrict__ gj = g + j[p] * F;
-      T* __restrict__ dxi = dx + i[p] * F;
-      T* __restrict__ dxj = dx + j[p] * F;
-      const T cp = c[p];
-#pragma omp simd
-      for (int64_t f = f0; f < f1; ++f) {
-        const T wf = wr[f] * cp;
-        dxj[f] += gi[f] * wf;
-        dxi[f] += gj[f] * wf;
-        dwr[f] = cp * (gi[f] * xj[f] + gj[f] * xi[f]);
-      }
-    }
-  });
-  if (dc == nullptr) return;
+void filter_gradient_kernel(const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ w,
+                            const T* __restrict__ c, const int64_t* __restrict__ j, const int64_t* __restrict__ i,
+                            T* __restrict__ dw, T* __restrict__ dc, int64_t P, int64_t F) {
   at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const T* __restrict__ wr = w + p * F;
       const T* __restrict__ xi = x + i[p] * F;
       const T* __restrict__ xj = x + j[p] * F;
       const T* __restrict__ gi = g + i[p] * F;
       const T* __restrict__ gj = g + j[p] * F;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t f = 0; f < F; ++f) acc += wr[f] * (gi[f] * xj[f] + gj[f] * xi[f]);
-      dc[p] = acc;
+      T* __restrict__ dwr = dw + p * F;
+      const T cp = c[p];
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) dwr[f] = cp * (gi[f] * xj[f] + gj[f] * xi[f]);
+      if (dc != nullptr) {
+        const T* __restrict__ wr = w + p * F;
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t f = 0; f < F; ++f) sum += wr[f] * (gi[f] * xj[f] + gj[f] * xi[f]);
+        dc[p] = sum;
+      }
     }
   });
 }
@@ -184,7 +170,7 @@ torch::Tensor aggregate_forward(torch::Tensor x, torch::Tensor w, torch::Tensor 
 }
 
 // Gradients of aggregate_forward given g = dL/dout [N, F]:
-//   dx[j] += g[i] * w[p] * c[p],   dx[i] += g[j] * w[p] * c[p],
+//   dx[j] += g[i] * w[p] * c[p],  dx[i] += g[j] * w[p] * c[p]  -- the aggregation itself, applied to g;
 //   dw[p] = c[p] * (g[i] * x[j] + g[j] * x[i]),   dc[p] = sum_f w[p] * (g[i] * x[j] + g[j] * x[i]) if need_dc.
 std::vector<torch::Tensor> aggregate_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w, torch::Tensor c,
                                               torch::Tensor j, torch::Tensor i, bool need_dc) {
@@ -192,14 +178,14 @@ std::vector<torch::Tensor> aggregate_backward(torch::Tensor g, torch::Tensor x, 
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "g must match x");
   g = g.contiguous(), x = x.contiguous(), w = w.contiguous(), c = c.contiguous();
   j = j.contiguous(), i = i.contiguous();
-  auto dx = torch::zeros_like(x);
+  auto dx = aggregate_forward(g, w, c, j, i);
   auto dw = torch::empty_like(w);
   auto dc = need_dc ? torch::empty_like(c) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "aggregate_backward", [&] {
-    aggregate_backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                        c.data_ptr<scalar_t>(), j.data_ptr<int64_t>(), i.data_ptr<int64_t>(),
-                                        dx.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
-                                        need_dc ? dc.data_ptr<scalar_t>() : nullptr, w.size(0), w.size(1));
+    filter_gradient_kernel<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                     c.data_ptr<scalar_t>(), j.data_ptr<int64_t>(), i.data_ptr<int64_t>(),
+                                     dw.data_ptr<scalar_t>(), need_dc ? dc.data_ptr<scalar_t>() : nullptr,
+                                     w.size(0), w.size(1));
   });
   return {dx, dw, dc};
 }
