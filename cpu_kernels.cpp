@@ -232,12 +232,54 @@ torch::Tensor radius_pairs(torch::Tensor pos, torch::Tensor batch, double r) {
   return out;
 }
 
+// Autograd nodes, in C++ so that a step does not pay Python's cost of a custom Function per call. First derivatives
+// only: asking for a second (create_graph=True) is refused rather than answered wrongly.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void refuse_double_backward() {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "cpu_kernels: only first derivatives are implemented; set "
+              "SCHNET_CPU_KERNELS=0 for higher ones");
+}
+
+struct Aggregate : public torch::autograd::Function<Aggregate> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor w, torch::Tensor c,
+                               torch::Tensor j, torch::Tensor i) {
+    ctx->save_for_backward({x, w, c, j, i});
+    return aggregate_forward(x, w, c, j, i);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    refuse_double_backward();
+    auto s = ctx->get_saved_variables();
+    const bool need_dc = ctx->needs_input_grad(2);
+    auto d = aggregate_backward(grad[0], s[0], s[1], s[2], s[3], s[4], need_dc);
+    return {d[0], d[1], need_dc ? d[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct ShiftedSoftplus : public torch::autograd::Function<ShiftedSoftplus> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x) {
+    auto out = ssp_forward(x);
+    ctx->save_for_backward({out[1]});
+    return out[0];
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    refuse_double_backward();
+    return {grad[0] * ctx->get_saved_variables()[0]};
+  }
+};
+
+torch::Tensor aggregate(torch::Tensor x, torch::Tensor w, torch::Tensor c, torch::Tensor j, torch::Tensor i) {
+  return Aggregate::apply(x, w, c, j, i);
+}
+
+torch::Tensor shifted_softplus(torch::Tensor x) { return ShiftedSoftplus::apply(x); }
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("aggregate_forward", &aggregate_forward, "continuous-filter aggregation over unordered pairs");
-  m.def("aggregate_backward", &aggregate_backward, "its gradients with respect to x, w and c");
-  m.def("ssp_forward", &ssp_forward, "shifted softplus and its derivative");
+  m.def("aggregate", &aggregate, "continuous-filter aggregation over unordered pairs (differentiable in x, w, c)");
+  m.def("shifted_softplus", &shifted_softplus, "ln(1 + e^x) - ln 2 (differentiable)");
   m.def("gaussian_expansion", &gaussian_expansion, "Gaussian radial basis of distances");
   m.def("radius_pairs", &radius_pairs, "unordered pairs of atoms of one molecule within a cutoff");
 }

@@ -16,7 +16,8 @@ build is kept in `build/cpu_kernels/` and reused until the source changes). Ever
 machine without a C++ compiler, or `SCHNET_CPU_KERNELS=0` in the environment — runs the pure-PyTorch
 definitions below (`aggregate_reference`, `shifted_softplus_reference`, `gaussians_reference`,
 `radius_pairs_reference`), which tests/test_kernels.py and tests/test_radius.py compare the kernels with (values
-and gradients, float32 and float64). Only first derivatives are implemented (training on forces would need more).
+and gradients, float32 and float64). Only first derivatives are implemented: a backward pass with create_graph=True
+through the kernels stops with an error (training on forces would need second derivatives).
 """
 from __future__ import annotations
 
@@ -122,35 +123,8 @@ def radius_pairs_reference(pos: Tensor, r: float, batch: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Autograd wrappers of the kernels.
-
-
-class _Aggregate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, c: Tensor, j: Tensor, i: Tensor) -> Tensor:
-        ctx.save_for_backward(x, w, c, j, i)
-        return _module.aggregate_forward(x, w, c, j, i)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, w, c, j, i = ctx.saved_tensors
-        dx, dw, dc = _module.aggregate_backward(grad, x, w, c, j, i, ctx.needs_input_grad[2])
-        return dx, dw, (dc if ctx.needs_input_grad[2] else None), None, None
-
-
-class _ShiftedSoftplus(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        y, dydx = _module.ssp_forward(x)
-        ctx.save_for_backward(dydx)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (dydx,) = ctx.saved_tensors
-        return grad * dydx
+# Dispatch: the kernels where they apply (their autograd nodes are C++, see cpu_kernels.cpp), the definitions
+# above everywhere else.
 
 
 def _use_kernels(*tensors: Tensor) -> bool:
@@ -163,7 +137,7 @@ def _use_kernels(*tensors: Tensor) -> bool:
 def aggregate(x: Tensor, w: Tensor, c: Tensor, edge_index: Tensor) -> Tensor:
     """Continuous-filter aggregation (see the module docstring): [N, F]. Fused on CPU, reference elsewhere."""
     if _use_kernels(x, w, c):
-        return _Aggregate.apply(x, w, c, edge_index[0], edge_index[1])
+        return _module.aggregate(x, w, c, edge_index[0], edge_index[1])
     return aggregate_reference(x, w, c, edge_index)
 
 
@@ -189,5 +163,5 @@ def radius_pairs(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
 def shifted_softplus(x: Tensor) -> Tensor:
     """ln(1 + e^x) - ln 2, elementwise. Fused on CPU, reference elsewhere."""
     if _use_kernels(x):
-        return _ShiftedSoftplus.apply(x)
+        return _module.shifted_softplus(x)
     return shifted_softplus_reference(x)

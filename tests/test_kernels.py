@@ -80,6 +80,12 @@ def test_shifted_softplus_gradcheck() -> None:
     assert torch.autograd.gradcheck(cpu_kernels.shifted_softplus, (x.detach().requires_grad_(),))
 
 
+def test_second_derivatives_are_refused_not_wrong() -> None:
+    x = torch.randn(20, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="only first derivatives"):
+        torch.autograd.grad(cpu_kernels.shifted_softplus(x).sum(), x, create_graph=True)
+
+
 def test_model_is_the_same_function_with_and_without_kernels(monkeypatch) -> None:
     """Whole model, float64: predictions and every parameter gradient agree between the two paths."""
     torch.manual_seed(0)
