@@ -51,30 +51,32 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, targ
 
 
 def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "") -> None:
-    """Training MAE (running mean over each epoch, while the weights change) and validation MAE per epoch, both
-    in the target's unit on a log scale, with the learning rate on a second axis."""
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [h["epoch"] for h in history]
+    """Training MAE (running mean over each epoch, while the weights change) and validation MAE against epochs,
+    in the target's unit on a log scale, with the learning rate on a second axis. When the validated weights are
+    a moving average, the raw weights' validation MAE is drawn too, dashed."""
+    x = [h["epochs_done"] for h in history]  # fractional when a time budget ended the last epoch early
     val = [h["val_mae"] for h in history]
     fig, ax = plt.subplots(figsize=(6.6, 4.2))
-    ax.plot(epochs, [h["train_mae"] for h in history], "o-", ms=3, color="tab:blue", label="train MAE")
-    ax.plot(epochs, val, "s-", ms=3, color="tab:red", label="validation MAE")
+    ax.plot(x, [h["train_mae"] for h in history], "o-", ms=3, color="tab:blue", label="train MAE")
+    averaged = any(h["val_mae_raw"] != h["val_mae"] for h in history)
+    ax.plot(x, val, "s-", ms=3, color="tab:red", label="validation MAE" + (" (weight average)" if averaged else ""))
+    if averaged:
+        ax.plot(x, [h["val_mae_raw"] for h in history], "--", lw=1, color="tab:orange",
+                label="validation MAE (raw weights)")
     best = int(np.argmin(val))
-    ax.axvline(epochs[best], color="0.6", ls=":", lw=1)
-    left = best > len(epochs) / 2  # keep the label inside the axes
-    ax.annotate(f"best {val[best]:.4g} {unit}", (epochs[best], val[best]), textcoords="offset points",
+    ax.axvline(x[best], color="0.6", ls=":", lw=1)
+    left = best > len(x) / 2  # keep the label inside the axes
+    ax.annotate(f"best {val[best]:.4g} {unit}", (x[best], val[best]), textcoords="offset points",
                 xytext=(-6 if left else 6, 10), ha="right" if left else "left", fontsize=8)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(f"epoch ({history[-1]['minutes']:.1f} min in all)")
     ax.set_ylabel(f"MAE ({unit})")
     ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="both")
     lr_ax = ax.twinx()
-    lr_ax.plot(epochs, [h["lr"] for h in history], color="0.55", lw=1, ls="--", label="learning rate")
+    lr_ax.plot(x, [h["lr"] for h in history], color="0.55", lw=1, ls=":", label="learning rate")
     lr_ax.set_ylabel("learning rate at epoch end", color="0.45")
     lr_ax.set_yscale("log")
-    lines = ax.get_lines()[:2] + lr_ax.get_lines()
+    lines = ax.get_lines()[: 3 if averaged else 2] + lr_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
     ax.set_title(title or "Training")
     save_figure(fig, path)

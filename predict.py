@@ -1,6 +1,8 @@
 """Predict a QM9 property for your own molecules with a trained checkpoint, optionally atom by atom.
 
-    python predict.py --checkpoint checkpoints/best_model.pth mol1.xyz traj.extxyz ligand.sdf
+    python predict.py mol1.xyz traj.extxyz ligand.sdf          # the shipped full-QM9 gap model
+    python predict.py --target U0 mol1.xyz                      # the shipped full-QM9 U0 model
+    python predict.py --checkpoint checkpoints/best_model.pth mol1.xyz
     python predict.py --checkpoint checkpoints/best_model_lite.pth --per-atom --csv out.csv water.xyz
 
 Structures are read with ASE (ase.io.read), so XYZ, extended XYZ, SDF/MOL, PDB, CIF and every other format ASE
@@ -22,6 +24,10 @@ import torch
 import plots
 import train
 from qm9_data import MAX_ATOMS, atomic_write
+
+REPO = Path(__file__).resolve().parent
+SHIPPED = {"gap": REPO / "models" / "schnet_qm9_gap.pth", "U0": REPO / "models" / "schnet_qm9_U0.pth"}
+MIN_DISTANCE = 0.5  # Angstrom; closer atoms mean a broken geometry (QM9's shortest bonds, O-H and N-H, are ~1 A)
 
 
 @dataclass
@@ -63,7 +69,12 @@ def read_structures(paths: list[str], allowed: set[int]) -> list[Molecule]:
                 seen = ", ".join(chemical_symbols[a] for a in sorted(allowed))
                 raise InputError(f"{path}: element {names} (frame {k}) was never seen in training; "
                                  f"this model knows {seen}")
-            molecules.append(Molecule(path, k, atoms.get_chemical_formula(), z, atoms.get_positions()))
+            pos = atoms.get_positions()
+            bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+            if len(bad):
+                raise InputError(f"{path}: frame {k}, atom {bad[0]} ({chemical_symbols[z[bad[0]]]}) has coordinates "
+                                 f"{pos[bad[0]].tolist()}: every coordinate must be a finite number in Angstrom")
+            molecules.append(Molecule(path, k, atoms.get_chemical_formula(), z, pos))
     return molecules
 
 
@@ -86,11 +97,53 @@ def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device:
     return np.concatenate(preds), contributions
 
 
+def closest_pair(pos: np.ndarray) -> tuple[int, int, float]:
+    """The two closest atoms (i < j) of a structure [n, 3] and their distance in Angstrom; (-1, -1, inf) for n < 2."""
+    if len(pos) < 2:
+        return -1, -1, float("inf")
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)  # [n, n]
+    d[np.diag_indices(len(pos))] = np.inf
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    return int(min(i, j)), int(max(i, j)), float(d[i, j])
+
+
+def note(m: Molecule) -> str:
+    """Why a prediction for this structure should not be trusted, or ''."""
+    notes = []
+    i, j, d = closest_pair(m.pos)
+    if d < MIN_DISTANCE:
+        notes.append(f"atoms {i} and {j} only {d:.2f} A apart: broken geometry")
+    if len(m.z) > MAX_ATOMS:
+        notes.append(f"outside QM9 (> {MAX_ATOMS} atoms)")
+    return "; ".join(notes)
+
+
+def resolve_checkpoint(checkpoint: str | None, target: str) -> Path:
+    """--checkpoint as given, else the model shipped in models/ for --target."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if not SHIPPED[target].is_file():
+        raise InputError(f"the shipped model {SHIPPED[target]} is missing: restore it with git "
+                         "(git checkout -- models), or pass --checkpoint")
+    return SHIPPED[target]
+
+
+def describe(path: Path, ckpt: dict) -> str:
+    """One line on which model predicts: file, target, and the test MAE it recorded."""
+    test = ckpt.get("metrics", {}).get("test_mae")
+    n = len(ckpt["split"]["test"]) if "split" in ckpt else 0
+    return (f"model: {path} (SchNet, {ckpt['target']} in {ckpt['unit']}"
+            + ("" if test is None else f", test MAE {test:.4g} {ckpt['unit']} on {n:,} QM9 molecules") + ")")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Formats: anything ase.io.read reads "
                                 "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...).")
     p.add_argument("files", nargs="+", help="structure files (Angstrom); multi-frame files give one row per frame")
-    p.add_argument("--checkpoint", default="checkpoints/best_model.pth", help="a checkpoint written by train.py")
+    p.add_argument("--target", choices=sorted(SHIPPED),
+                   help="which shipped model (models/schnet_qm9_<target>.pth) predicts when --checkpoint is not "
+                        "given (default: gap); with --checkpoint, the target that checkpoint must have")
+    p.add_argument("--checkpoint", help="a checkpoint written by train.py (default: the shipped model for --target)")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     p.add_argument("--per-atom", action="store_true",
                    help="print each atom's contribution and draw results/atom_contributions_<name>.png")
@@ -102,7 +155,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.batch_size <= 0:
             raise InputError(f"--batch-size must be positive, got {args.batch_size}")
         device = train.resolve_device(args.device)
-        ckpt = train.load_checkpoint(Path(args.checkpoint))
+        path = resolve_checkpoint(args.checkpoint, args.target or "gap")
+        ckpt = train.load_checkpoint(path)
+        if args.target and ckpt["target"] != args.target:
+            raise InputError(f"{path} predicts {ckpt['target']}, not {args.target}: drop --target or --checkpoint")
         model = train.model_from_checkpoint(ckpt, device)
         molecules = read_structures(args.files, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
         preds, contributions = predict_molecules(model, molecules, device, args.batch_size)
@@ -111,8 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     target, unit = ckpt["target"], ckpt["unit"]
     rows = [dict(file=m.file, frame=m.frame, formula=m.formula, atoms=len(m.z), target=target,
-                 prediction=float(v), unit=unit, note=f"outside QM9 (> {MAX_ATOMS} atoms)" if len(m.z) > MAX_ATOMS
-                 else "") for m, v in zip(molecules, preds)]
+                 prediction=float(v), unit=unit, note=note(m)) for m, v in zip(molecules, preds)]
+    print(describe(path, ckpt))
     width = max(len(r["file"]) for r in rows)
     print(f"{'file':<{width}}  frame  {'formula':<12} atoms  {target + ' (' + unit + ')':>16}  note")
     for r in rows:

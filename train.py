@@ -13,11 +13,14 @@ import argparse
 import json
 import math
 import resource
+import shlex
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import cpu_kernels
@@ -30,7 +33,7 @@ CHECKPOINT_FORMAT = "schnet-qm9/1"
 INTENSIVE = {"mu", "homo", "lumo", "gap", "A", "B", "C"}  # per-molecule properties: mean readout
 
 FULL_DEFAULTS = dict(
-    subset_size=None, epochs=200, batch_size=32, lr=5e-4, patience=30, suffix="", **FULL_CONFIG,
+    subset_size=None, epochs=200, batch_size=32, lr=2e-3, patience=30, ema_decay=0.999, suffix="", **FULL_CONFIG,
 )
 
 
@@ -47,7 +50,15 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--target", default="gap", help="QM9 target, by name (" + ", ".join(qm9_data.TARGET_NAMES)
                    + "; case-insensitive) or by index 0-18")
-    p.add_argument("--epochs", type=int, default=defaults["epochs"], help="maximum number of epochs")
+    p.add_argument("--epochs", type=int, default=defaults["epochs"],
+                   help="number of epochs; with --time-budget, only a cap")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="stop after this many minutes of wall clock and fit the learning-rate schedule to them; "
+                        "validation counts (the run ends within about one validation pass of the budget), the "
+                        "final test and figures come after it")
+    p.add_argument("--ema-decay", type=float, default=defaults["ema_decay"],
+                   help="decay of the exponential moving average of the weights, which are the ones validated, "
+                        "kept and tested (0: no average)")
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="molecules per training step")
     p.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate of Adam (cosine decay)")
     p.add_argument("--subset-size", type=int, default=defaults["subset_size"],
@@ -86,6 +97,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise TrainingError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     if args.num_gaussians < 2:
         raise TrainingError(f"--num-gaussians must be at least 2, got {args.num_gaussians}")
+    if args.time_budget is not None and not (args.time_budget > 0 and math.isfinite(args.time_budget)):
+        raise TrainingError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g}")
+    if not 0 <= args.ema_decay < 1:
+        raise TrainingError(f"--ema-decay must be in [0, 1), got {args.ema_decay:g}")
     if not (args.lr > 0 and math.isfinite(args.lr)) or not args.cutoff > 0 or args.patience < 0:
         raise TrainingError("--lr and --cutoff must be positive and --patience non-negative")
     try:
@@ -118,12 +133,46 @@ def normalisation(data: QM9, train: torch.Tensor, target: int, readout: str) -> 
                 atomref=None if ref is None else ref.flatten().tolist())
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to 1% of the peak at step `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+@dataclass
+class Schedule:
+    r"""The learning rate as a function of how far the run has come: a linear warm-up over the first `warmup`
+    steps, then a cosine decay from the peak to 1 % of it,
+
+    .. math::
+        \eta = \eta_{peak} \frac{s + 1}{s_w} \ (s < s_w), \qquad
+        \eta = \eta_{peak} \left(0.01 + 0.99 \cdot \tfrac{1}{2}\left(1 + \cos \pi p\right)\right), \quad
+        p = \min\left(1, \max\left(\frac{s - s_w}{S - s_w}, \frac{t}{T}\right)\right)
+
+    with s the steps taken, S those of --epochs, t the seconds spent and T the --time-budget (the t/T term only
+    with a budget). The decay ends at whichever of the epoch count and the budget comes first, so a budgeted run
+    always ends on a decayed learning rate.
+    """
+    peak: float
+    warmup: int
+    total_steps: int
+    budget_s: float | None = None
+
+    def progress(self, step: int, elapsed: float) -> float:
+        p = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        if self.budget_s is not None:
+            p = max(p, elapsed / self.budget_s)
+        return min(1.0, max(0.0, p))
+
+    def lr(self, step: int, elapsed: float) -> float:
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        return self.peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed))))
+
+
+def make_ema(model: SchNet, decay: float) -> AveragedModel | None:
+    """Exponential moving average of the weights (torch.optim.swa_utils), or None for decay 0.
+
+    After each step, w_ema <- decay * w_ema + (1 - decay) * w (the first update copies w). The buffers (mean, std,
+    atomref) are constants and are not averaged.
+    """
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
 
 
 class FlatAdam(torch.optim.Adam):
@@ -223,184 +272,286 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run(args: argparse.Namespace) -> dict:
-    check_args(args)
-    device = resolve_device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    target, t = args.target, qm9_data.target_index(args.target)
-    unit = qm9_data.target_unit(target)
-    readout = args.readout if args.readout != "auto" else ("mean" if target in INTENSIVE else "add")
-    config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
-                  num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
-                  cutoff=float(args.cutoff), readout=readout)
-    out_dir, ckpt_dir = Path(args.output_dir), Path(args.checkpoint_dir)
-    best_path, last_path = ckpt_dir / f"best_model{args.suffix}.pth", ckpt_dir / f"last{args.suffix}.pth"
+@dataclass
+class Progress:
+    """Where a run stands. Saved whole in the resume state, so --resume continues from exactly here."""
+    epoch: int = 0  # epochs begun and ended (the last one may be partial when the time budget ran out)
+    step_in_epoch: int = 0  # steps taken in the current epoch
+    step: int = 0  # optimisation steps taken in all
+    elapsed: float = 0.0  # seconds of wall clock spent training and validating, over all sessions of the run
+    loss_sum: float = 0.0  # over the current epoch's steps (a tensor between saves: no host sync per step)
+    abs_err_sum: float = 0.0
+    best_val: float = math.inf
+    best_epoch: int = -1
+    finished: bool = False
+    history: list[dict] = field(default_factory=list)
 
-    try:
-        data = QM9(args.data_dir)
-    except (FileNotFoundError, ValueError) as err:
-        raise TrainingError(str(err)) from None
 
-    state = None
-    if args.resume:
-        state = load_checkpoint(last_path)
-        if state["target"] != target:
-            raise TrainingError(f"{last_path} was trained for target {state['target']!r}, not {target!r}: "
-                                f"resume with --target {state['target']}, or start over without --resume")
-        if state["model_config"] != config:
-            raise TrainingError(f"{last_path} holds another architecture ({state['model_config']}) than the flags "
-                                "ask for: pass the same flags as the interrupted run, or start over without --resume")
-        if state["batch_size"] != args.batch_size:
-            raise TrainingError(f"{last_path} was trained with --batch-size {state['batch_size']}: resume with the "
-                                "same batch size (its position within the epoch counts batches)")
-        split = {k: state["split"][k] for k in ("train", "val", "test")}
-        print(f"Resuming {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
-    else:
-        split = qm9_data.split_indices(len(data), args.subset_size, seed=args.seed)
-    train_idx, val_idx, test_idx = split["train"], split["val"], split["test"]
-    norm = state["normalisation"] if state else normalisation(data, train_idx, t, readout)
+class Trainer:
+    """The model, its weight average and optimiser, and the loop's steps: train an epoch, validate, save state."""
 
-    torch.manual_seed(args.seed)
-    model = SchNet(**config, mean=norm["mean"], std=norm["std"],
-                   atomref=None if norm["atomref"] is None else torch.tensor(norm["atomref"]).view(100, 1))
-    model = model.to(device)
-    optimizer = FlatAdam(model, args.lr)
-    if state:
-        model.load_state_dict(state["state_dict"])
+    def __init__(self, args: argparse.Namespace, data: QM9, split: dict, meta: dict, device: torch.device) -> None:
+        self.args, self.data, self.meta, self.t = args, data, meta, meta["target_index"]
+        self.train_idx, self.val_idx, self.test_idx = split["train"], split["val"], split["test"]
+        norm = meta["normalisation"]
+        torch.manual_seed(args.seed)
+        model = SchNet(**meta["model_config"], mean=norm["mean"], std=norm["std"],
+                       atomref=None if norm["atomref"] is None else torch.tensor(norm["atomref"]).view(100, 1))
+        self.model = model.to(device)
+        self.optimizer = FlatAdam(self.model, args.lr)
+        self.ema = make_ema(self.model, args.ema_decay)
+        self.batcher = Batcher(data, device)
+        self.eval_bs = max(256, args.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.train_idx) / args.batch_size)
+        budget = None if args.time_budget is None else 60 * args.time_budget
+        self.schedule = Schedule(args.lr, min(1000, self.steps_per_epoch), args.epochs * self.steps_per_epoch, budget)
+        self.last_path = Path(args.checkpoint_dir) / f"last{args.suffix}.pth"
+        self.best_path = Path(args.checkpoint_dir) / f"best_model{args.suffix}.pth"
+        self.val_seconds = 0.0  # duration of the last validation: reserved at the end of a time budget
+        self.t0 = time.perf_counter()
+
+    @property
+    def eval_model(self) -> SchNet:
+        """The weights that are validated, kept as best and tested: the average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def restore(self, state: dict) -> Progress:
+        self.model.load_state_dict(state["state_dict"])
         try:
-            optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError):
-            raise TrainingError(f"the optimiser state in {last_path} does not fit this version's optimiser "
+            raise TrainingError(f"the optimiser state in {self.last_path} does not fit this version's optimiser "
                                 "(one flat parameter tensor): start without --resume") from None
-    batcher = Batcher(data, device)
-    eval_bs = max(256, args.batch_size)
-    steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
-    total_steps, warmup = args.epochs * steps_per_epoch, min(1000, steps_per_epoch)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        return Progress(**state["progress"])
 
-    n_params = count_parameters(model)
-    kernels = cpu_kernels.backend() if device.type == "cpu" else "pure PyTorch"
-    print(f"SchNet {config} | {n_params:,} parameters | target {target} ({unit}) | device {device} | "
-          f"{kernels}")
-    print(f"molecules: {len(train_idx):,} train / {len(val_idx):,} val / {len(test_idx):,} test | "
-          f"batch {args.batch_size}, {steps_per_epoch} steps per epoch")
+    def save_state(self, p: Progress) -> None:
+        p.loss_sum, p.abs_err_sum = float(p.loss_sum), float(p.abs_err_sum)
+        save_checkpoint({**self.meta, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "ema": None if self.ema is None else self.ema.state_dict(), "progress": asdict(p)},
+                        self.last_path)
 
-    history: list[dict] = state["history"] if state else []
-    best_val = state["best_val"] if state else math.inf
-    best_epoch = state["best_epoch"] if state else -1
-    start_epoch = state["epoch"] if state else 0
-    start_step = state["step_in_epoch"] if state else 0
-    loss_sum = state["loss_sum"] if state else 0.0
-    abs_err_sum = state["abs_err_sum"] if state else 0.0
-    elapsed0 = state["elapsed"] if state else 0.0
-    finished = bool(state and state["finished"])
-    train_elements = Batcher(data)(train_idx).z.unique().tolist()  # what predict.py accepts
-    meta = dict(format=CHECKPOINT_FORMAT, target=target, target_index=t, unit=unit, model_config=config,
-                normalisation=norm, seed=args.seed, subset_size=args.subset_size, batch_size=args.batch_size,
-                elements=train_elements,
-                split={"train": train_idx, "val": val_idx, "test": test_idx})
+    def fit(self, p: Progress) -> None:
+        """Epochs until --epochs, --patience or --time-budget ends the run; the clock resumes from p.elapsed."""
+        self.t0 = time.perf_counter() - p.elapsed
+        while not p.finished:
+            out_of_time = self.train_epoch(p)
+            self.end_epoch(p, out_of_time)
 
-    def save_state(epoch: int, step: int, done: bool) -> None:
-        save_checkpoint({**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch, "step_in_epoch": step, "loss_sum": loss_sum, "abs_err_sum": abs_err_sum,
-                     "history": history, "best_val": best_val, "best_epoch": best_epoch, "finished": done,
-                     "elapsed": elapsed0 + time.perf_counter() - t0}, last_path)
+    def out_of_time(self, p: Progress) -> bool:
+        """True when the rest of the budget is needed for the final validation."""
+        return self.schedule.budget_s is not None and p.elapsed + self.val_seconds >= self.schedule.budget_s
 
-    if not args.resume:
-        qm9_data.save_split(split, out_dir / f"split{args.suffix}.json", seed=args.seed,
-                            subset_size=args.subset_size)
-    t0 = time.perf_counter()
-    model.train()
-    scale = norm["loss_scale"]
-    epoch = start_epoch
-    while not finished and epoch < args.epochs:
-        t_epoch, last_save = time.perf_counter(), time.perf_counter()
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)  # epoch order is a function of the epoch
-        order = train_idx[torch.randperm(len(train_idx), generator=g)].split(args.batch_size)
-        bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
-                   leave=False, unit="step", disable=None)
-        for step in range(start_step, steps_per_epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, args.lr, warmup)
-            b = batcher(order[step])
-            loss, pred = train_step(model, optimizer, b, t, scale, args.loss, args.clip_grad)
-            if step % 10 == 0 or step == steps_per_epoch - 1:  # one host sync every 10 steps
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingError(f"the loss became {value} at epoch {epoch + 1}, step {step}: lower --lr "
-                                        f"(now {args.lr:g}) or --clip-grad, or --resume from the last good state")
-                bar.set_postfix(loss=f"{value:.4f}")
-            loss_sum += loss
-            abs_err_sum += (pred - b.y[:, t]).abs().sum()
+    def train_epoch(self, p: Progress) -> bool:
+        """Steps of epoch p.epoch from p.step_in_epoch on; returns True if the time budget ended it early."""
+        args, spe = self.args, self.steps_per_epoch
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + p.epoch)  # epoch order is a function of the epoch
+        order = self.train_idx[torch.randperm(len(self.train_idx), generator=g)].split(args.batch_size)
+        bar = tqdm(total=spe, initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{args.epochs}", leave=False,
+                   unit="step", disable=None)
+        last_save = time.perf_counter()
+        for step in range(p.step_in_epoch, spe):
+            if self.out_of_time(p):
+                bar.close()
+                return True
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.schedule.lr(p.step, p.elapsed)
+            b = self.batcher(order[step])
+            loss, pred = train_step(self.model, self.optimizer, b, self.t, self.meta["normalisation"]["loss_scale"],
+                                    args.loss, args.clip_grad)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            p.loss_sum = p.loss_sum + loss
+            p.abs_err_sum = p.abs_err_sum + (pred - b.y[:, self.t]).abs().sum()
+            p.step, p.step_in_epoch = p.step + 1, step + 1
+            p.elapsed = time.perf_counter() - self.t0
+            if step % 10 == 0 or step == spe - 1:  # one host sync every 10 steps
+                self.check_finite(loss.item(), p)
+                bar.set_postfix_str(f"loss {loss.item():.4f}" + self.time_left(p))
             bar.update(1)
             if time.perf_counter() - last_save > args.checkpoint_every:
-                loss_sum, abs_err_sum = float(loss_sum), float(abs_err_sum)
-                save_state(epoch, step + 1, False)
+                self.save_state(p)
                 last_save = time.perf_counter()
         bar.close()
-        train_loss = float(loss_sum) / steps_per_epoch
-        train_mae = float(abs_err_sum) / len(train_idx)
-        val = regression_metrics(predict(model, batcher, val_idx, eval_bs), data.y[val_idx, t])
-        seconds = time.perf_counter() - t_epoch
-        history.append(dict(epoch=epoch + 1, train_loss=train_loss, train_mae=train_mae, val_mae=val["mae"],
-                            val_rmse=val["rmse"], lr=optimizer.param_groups[0]["lr"], seconds=seconds))
-        print(f"epoch {epoch + 1:4d}/{args.epochs} | train loss {train_loss:.5f} | train MAE {train_mae:.5g} | "
-              f"val MAE {val['mae']:.5g} {unit} | lr {optimizer.param_groups[0]['lr']:.2e} | {seconds:.1f} s",
-              flush=True)
-        if val["mae"] < best_val:
-            best_val, best_epoch = val["mae"], epoch + 1
-            save_checkpoint({**meta, "state_dict": model.state_dict(), "epoch": best_epoch,
-                             "metrics": {"val_mae": best_val}}, best_path)
-        epoch, start_step, loss_sum, abs_err_sum = epoch + 1, 0, 0.0, 0.0
-        finished = epoch >= args.epochs or (args.patience and epoch - best_epoch >= args.patience)
-        save_state(epoch, 0, bool(finished))
-        if finished and epoch < args.epochs:
-            print(f"early stop: no better validation MAE for {args.patience} epochs")
-    train_seconds = elapsed0 + time.perf_counter() - t0
+        return False
 
-    # Test with the best checkpoint, reloaded from disk: what a user of the file gets.
-    best = load_checkpoint(best_path)
+    def check_finite(self, value: float, p: Progress) -> None:
+        if not math.isfinite(value):
+            raise TrainingError(f"the loss became {value} at epoch {p.epoch + 1}, step {p.step_in_epoch}: lower --lr "
+                                f"(now {self.args.lr:g}) or --clip-grad, or --resume from the last good state")
+
+    def time_left(self, p: Progress) -> str:
+        if self.schedule.budget_s is None:
+            return ""
+        left = max(0, int(self.schedule.budget_s - p.elapsed))
+        return f", {left // 60}:{left % 60:02d} left"
+
+    def validate(self) -> tuple[dict, dict]:
+        """Validation metrics of the evaluated weights, and of the raw (not averaged) ones."""
+        t = time.perf_counter()
+        true = self.data.y[self.val_idx, self.t]
+        val = regression_metrics(predict(self.eval_model, self.batcher, self.val_idx, self.eval_bs), true)
+        raw = val if self.ema is None else regression_metrics(
+            predict(self.model, self.batcher, self.val_idx, self.eval_bs), true)
+        self.val_seconds = time.perf_counter() - t
+        return val, raw
+
+    def end_epoch(self, p: Progress, out_of_time: bool) -> None:
+        """Validate, record, keep the best weights, decide whether the run is over, save the resume state."""
+        args, unit = self.args, self.meta["unit"]
+        if p.step_in_epoch:
+            seen = min(p.step_in_epoch * args.batch_size, len(self.train_idx))
+            val, raw = self.validate()
+            p.elapsed = time.perf_counter() - self.t0
+            lr = self.optimizer.param_groups[0]["lr"]
+            p.history.append(dict(epoch=p.epoch + 1, train_loss=float(p.loss_sum) / p.step_in_epoch,
+                                  train_mae=float(p.abs_err_sum) / seen, val_mae=val["mae"], val_mae_raw=raw["mae"],
+                                  val_rmse=val["rmse"], lr=lr, epochs_done=p.step / self.steps_per_epoch,
+                                  minutes=p.elapsed / 60))
+            h = p.history[-1]
+            print(f"epoch {p.epoch + 1:4d}/{args.epochs} | train loss {h['train_loss']:.5f} | train MAE "
+                  f"{h['train_mae']:.5g} | val MAE {val['mae']:.5g} {unit}"
+                  + ("" if self.ema is None else f" (raw weights {raw['mae']:.5g})")
+                  + f" | lr {lr:.2e} | {h['minutes']:.1f} min" + self.time_left(p), flush=True)
+            if val["mae"] < p.best_val:
+                p.best_val, p.best_epoch = val["mae"], p.epoch + 1
+                save_checkpoint({**self.meta, "state_dict": self.eval_model.state_dict(), "epoch": p.best_epoch,
+                                 "metrics": {"val_mae": p.best_val}}, self.best_path)
+            p.epoch += 1
+        p.step_in_epoch, p.loss_sum, p.abs_err_sum = 0, 0.0, 0.0
+        stalled = bool(args.patience) and p.epoch - p.best_epoch >= args.patience
+        p.finished = out_of_time or p.epoch >= args.epochs or stalled
+        if out_of_time:
+            print(f"time budget of {args.time_budget:g} min spent after {p.step / self.steps_per_epoch:.2f} epochs")
+        elif stalled and p.epoch < args.epochs:
+            print(f"early stop: no better validation MAE for {args.patience} epochs")
+        self.save_state(p)
+
+
+def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
+    """The interrupted run's state, checked against the flags that must not change across a resume."""
+    path = Path(args.checkpoint_dir) / f"last{args.suffix}.pth"
+    state = load_checkpoint(path)
+    if "progress" not in state:
+        raise TrainingError(f"{path} was written by an older version of train.py: start over without --resume")
+    if state["target"] != meta["target"]:
+        raise TrainingError(f"{path} was trained for target {state['target']!r}, not {meta['target']!r}: "
+                            f"resume with --target {state['target']}, or start over without --resume")
+    if state["model_config"] != meta["model_config"]:
+        raise TrainingError(f"{path} holds another architecture ({state['model_config']}) than the flags "
+                            "ask for: pass the same flags as the interrupted run, or start over without --resume")
+    for key in ("batch_size", "ema_decay", "time_budget"):
+        if state[key] != meta[key]:
+            flag = "--" + key.replace("_", "-")
+            raise TrainingError(f"{path} was trained with {flag} {state[key]}: resume with the same {flag} "
+                                "(the schedule, the average and the position in the epoch depend on it)")
+    return state
+
+
+def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) -> dict:
+    """Test the best weights (reloaded from disk: what a user of the file gets); write figures, metrics, history."""
+    args, meta, data, t = trainer.args, trainer.meta, trainer.data, trainer.t
+    target, unit, out_dir, test_idx = meta["target"], meta["unit"], Path(args.output_dir), trainer.test_idx
+    best = load_checkpoint(trainer.best_path)
     model = model_from_checkpoint(best, device)
-    pred, true = predict(model, batcher, test_idx, eval_bs), data.y[test_idx, t]
+    pred, true = predict(model, trainer.batcher, test_idx, trainer.eval_bs), data.y[test_idx, t]
     test = regression_metrics(pred, true)
     if unit == "eV":
         test["mae_meV"] = 1000 * test["mae"]
     print(f"test ({len(test_idx):,} molecules, best epoch {best['epoch']}): MAE {test['mae']:.5g} {unit}"
           + (f" ({test['mae_meV']:.1f} meV)" if unit == "eV" else "")
           + f" | RMSE {test['rmse']:.5g} {unit} | R2 {test['r2']:.5f}")
-
+    # The raw weights at the end, for what the average buys (they are not kept).
+    raw = regression_metrics(predict(trainer.model, trainer.batcher, test_idx, trainer.eval_bs), true)
+    minutes, epochs_done = p.elapsed / 60, p.step / trainer.steps_per_epoch
     best["metrics"] = {**best["metrics"], **{f"test_{k}": v for k, v in test.items()}}
-    save_checkpoint(best, best_path)
+    best.update(command=args.command, epochs_done=epochs_done, minutes=minutes)
+    save_checkpoint(best, trainer.best_path)
+
     tag = f" ({args.suffix.strip('_')})" if args.suffix else ""
     plots.plot_predictions(true.numpy(), pred.numpy(), test, target, unit, out_dir / f"predictions{args.suffix}.png",
                            title=f"QM9 {target}: {len(test_idx):,} test molecules{tag}")
-    plots.plot_loss_curve(history, unit, out_dir / f"loss_curve{args.suffix}.png", title=f"SchNet on QM9 {target}{tag}")
+    plots.plot_loss_curve(p.history, unit, out_dir / f"loss_curve{args.suffix}.png",
+                          title=f"SchNet on QM9 {target}{tag}")
     g = torch.Generator().manual_seed(args.seed)
     shown = test_idx[torch.randperm(len(test_idx), generator=g)[: args.tsne_samples]]
-    emb = predict(model, batcher, shown, eval_bs, embeddings=True)
+    emb = predict(model, trainer.batcher, shown, trainer.eval_bs, embeddings=True)
     plots.plot_tsne(emb.numpy(), data.y[shown, t].numpy(), target, unit, out_dir / f"tsne{args.suffix}.png",
                     seed=args.seed)
-    metrics = dict(target=target, unit=unit, test=test, best_val_mae=best_val, best_epoch=best["epoch"],
-                   epochs_run=len(history), config=config, args={k: v for k, v in vars(args).items()},
-                   split=dict(seed=args.seed, subset_size=args.subset_size, train=len(train_idx),
-                              val=len(val_idx), test=len(test_idx)),
+    split = meta["split"]
+    metrics = dict(target=target, unit=unit, test=test, test_raw_final_weights=raw, best_val_mae=p.best_val,
+                   best_epoch=best["epoch"], epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
+                   config=meta["model_config"], args=vars(args), command=args.command,
+                   split=dict(seed=args.seed, subset_size=args.subset_size, train=len(split["train"]),
+                              val=len(split["val"]), test=len(split["test"])),
                    device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"CPU ({torch.get_num_threads()} threads)", wall_time_s=train_seconds,
-                   peak_memory_mb=peak_memory_mb(device), parameters=n_params, torch=torch.__version__,
-                   kernels=kernels, checkpoint=str(best_path))
+                   else f"CPU ({torch.get_num_threads()} threads)", wall_time_s=p.elapsed,
+                   peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(model), torch=torch.__version__,
+                   kernels=kernels, checkpoint=str(trainer.best_path))
     with qm9_data.atomic_write(out_dir / f"metrics{args.suffix}.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    rows = [",".join(history[0])] + [",".join(f"{v}" for v in h.values()) for h in history]
+    rows = [",".join(p.history[0])] + [",".join(f"{v}" for v in h.values()) for h in p.history]
     with qm9_data.atomic_write(out_dir / f"history{args.suffix}.csv") as tmp:
         tmp.write_text("\n".join(rows) + "\n")
     print(f"wrote {out_dir}/{{predictions,loss_curve,tsne}}{args.suffix}.png, metrics{args.suffix}.json, "
-          f"history{args.suffix}.csv and {best_path} in {train_seconds:.0f} s of training")
+          f"history{args.suffix}.csv and {trainer.best_path} after {minutes:.1f} min and {epochs_done:.2f} epochs")
     return metrics
+
+
+def run(args: argparse.Namespace) -> dict:
+    check_args(args)
+    device = resolve_device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    target, t = args.target, qm9_data.target_index(args.target)
+    readout = args.readout if args.readout != "auto" else ("mean" if target in INTENSIVE else "add")
+    config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
+                  num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
+                  cutoff=float(args.cutoff), readout=readout)
+    meta = dict(format=CHECKPOINT_FORMAT, target=target, target_index=t, unit=qm9_data.target_unit(target),
+                model_config=config, seed=args.seed, subset_size=args.subset_size, batch_size=args.batch_size,
+                ema_decay=args.ema_decay, time_budget=args.time_budget)
+    try:
+        data = QM9(args.data_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise TrainingError(str(err)) from None
+
+    state = load_resume_state(args, meta) if args.resume else None
+    if state:
+        split = {k: state["split"][k] for k in ("train", "val", "test")}
+        meta["normalisation"] = state["normalisation"]
+    else:
+        split = qm9_data.split_indices(len(data), args.subset_size, seed=args.seed)
+        meta["normalisation"] = normalisation(data, split["train"], t, readout)
+    meta["split"] = split
+    meta["elements"] = Batcher(data)(split["train"]).z.unique().tolist()  # what predict.py accepts
+    trainer = Trainer(args, data, split, meta, device)
+    p = trainer.restore(state) if state else Progress()
+
+    kernels = cpu_kernels.backend() if device.type == "cpu" else "pure PyTorch"
+    print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | target {target} ({meta['unit']}) | "
+          f"device {device} | {kernels}")
+    print(f"molecules: {len(split['train']):,} train / {len(split['val']):,} val / {len(split['test']):,} test | "
+          f"batch {args.batch_size}, {trainer.steps_per_epoch} steps per epoch | weight average "
+          + (f"decay {args.ema_decay:g}" if args.ema_decay else "off")
+          + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min"))
+    if state:
+        print(f"Resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.step_in_epoch}, "
+              f"{p.elapsed / 60:.1f} min spent")
+    else:
+        qm9_data.save_split(split, Path(args.output_dir) / f"split{args.suffix}.json", seed=args.seed,
+                            subset_size=args.subset_size)
+    trainer.fit(p)
+    return finish(trainer, p, device, kernels)
 
 
 def main(argv: list[str] | None = None, defaults: dict = FULL_DEFAULTS,
          description: str = "Train SchNet on all of QM9 (110k/10k/rest split).") -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser(defaults, description).parse_args(argv)
+    script = Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "train.py"
+    args.command = shlex.join(["python", script, *argv])  # recorded in the checkpoint and metrics
     try:
         return run(args)
     except TrainingError as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import train
 from schnet_model import LITE_CONFIG
 
-LITE_DEFAULTS = dict(subset_size=10_000, epochs=20, batch_size=16, lr=3e-3, patience=0, suffix="_lite",
+LITE_DEFAULTS = dict(subset_size=10_000, epochs=20, batch_size=16, lr=3e-3, patience=0, ema_decay=0.999, suffix="_lite",
                      **LITE_CONFIG)
 
 if __name__ == "__main__":

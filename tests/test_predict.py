@@ -106,3 +106,67 @@ def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
         assert not (tmp_path / "out.csv").exists()
+
+
+def test_non_finite_coordinates_are_refused_naming_file_frame_and_atom(checkpoint: Path, qm9,
+                                                                       tmp_path: Path) -> None:
+    good, bad = atoms_of(qm9, 10), atoms_of(qm9, 11)
+    for value in (np.nan, np.inf):
+        pos = bad.get_positions()
+        pos[3, 1] = value
+        bad.set_positions(pos)
+        ase.io.write(tmp_path / "traj.extxyz", [good, bad])
+        proc = run(["--checkpoint", str(checkpoint), "--csv", "out.csv", "traj.extxyz"], tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+        assert "traj.extxyz: frame 1, atom 3" in lines[0] and "finite" in lines[0]
+        assert not (tmp_path / "out.csv").exists()
+
+
+def test_atoms_closer_than_half_an_angstrom_are_flagged(checkpoint: Path, qm9, tmp_path: Path) -> None:
+    a = atoms_of(qm9, 20)
+    pos = a.get_positions()
+    pos[4] = pos[2] + np.array([0.3, 0.0, 0.0])
+    broken = a.copy()
+    broken.set_positions(pos)
+    ase.io.write(tmp_path / "two.extxyz", [a, broken])
+    rows = predict.main(["--checkpoint", str(checkpoint), "--device", "cpu", str(tmp_path / "two.extxyz")])
+    assert rows[0]["note"] == ""
+    assert "atoms 2 and 4 only 0.30 A apart" in rows[1]["note"] and "broken geometry" in rows[1]["note"]
+    assert predict.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
+
+
+@pytest.mark.parametrize("target, column", [("gap", 4), ("U0", 7)])
+def test_shipped_model_reproduces_its_recorded_test_mae(target: str, column: int, qm9) -> None:
+    """models/schnet_qm9_<target>.pth: a weights-only checkpoint that records how it was made, and gives its
+    recorded test MAE again on its recorded test split (the standard 110,000 / 10,000 / 10,831 split)."""
+    path = predict.SHIPPED[target]
+    ckpt = torch.load(path, weights_only=True)
+    assert path.stat().st_size < 8e6 and "optimizer" not in ckpt
+    assert ckpt["target"] == target and ckpt["unit"] == "eV" and ckpt["subset_size"] is None
+    assert [len(ckpt["split"][k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
+    torch.testing.assert_close(ckpt["split"]["test"], qm9_data.split_indices(len(qm9), None, seed=ckpt["seed"])["test"])
+    assert ckpt["command"].startswith(f"python train.py --target {target}")
+    assert ckpt["epochs_done"] > 0 and ckpt["minutes"] > 0
+    model = train.model_from_checkpoint(ckpt)
+    test = ckpt["split"]["test"]
+    pred = train.predict(model, qm9_data.Batcher(qm9), test, 512)
+    mae = float((pred.double() - qm9.y[test, column].double()).abs().mean())
+    assert mae == pytest.approx(ckpt["metrics"]["test_mae"], rel=1e-4)
+
+
+def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_path: Path) -> None:
+    ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
+    for flags, target in (([], "gap"), (["--target", "U0"], "U0")):
+        proc = run([*flags, "--device", "cpu", "m.xyz"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"model: {predict.SHIPPED[target]}" in proc.stdout and f"{target} (eV)" in proc.stdout
+    dft = float(qm9.y[100, 4])
+    shown = float(run(["--device", "cpu", "m.xyz"], tmp_path).stdout.strip().splitlines()[-1].split()[4])
+    assert abs(shown - dft) < 0.5  # a trained model, not a random one: within 0.5 eV of the DFT gap
+
+
+def test_target_and_checkpoint_must_agree(checkpoint: Path, qm9, tmp_path: Path) -> None:
+    ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
+    proc = run(["--checkpoint", str(checkpoint), "--target", "U0", "m.xyz"], tmp_path)
+    assert proc.returncode != 0 and "predicts gap, not U0" in proc.stderr.strip().splitlines()[0]

@@ -51,7 +51,7 @@ def test_lite_run_writes_figures_metrics_and_checkpoint(lite_run: Path) -> None:
     assert metrics["split"] == {"seed": 0, "subset_size": 300, "train": 240, "val": 30, "test": 30}
     assert metrics["parameters"] > 0 and metrics["peak_memory_mb"] > 0 and metrics["wall_time_s"] > 0
     history = (results / "history_lite.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,train_loss,train_mae,val_mae") and len(history) == 3
+    assert history[0].startswith("epoch,train_loss,train_mae,val_mae,val_mae_raw") and len(history) == 3
     split = qm9_data.load_split(results / "split_lite.json")
     assert [len(split[k]) for k in ("train", "val", "test")] == [240, 30, 30]
     assert not list(results.glob(".*tmp*")) and not list((lite_run / "checkpoints").glob(".*tmp*"))
@@ -86,12 +86,13 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
                 state = torch.load(last, weights_only=True)
             except Exception:
                 state = None
-            if state and state["epoch"] == 1 and state["step_in_epoch"] > 5:
+            if state and state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 5:
                 break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert state is not None and state["epoch"] == 1 and state["step_in_epoch"] > 0
+    assert state is not None and state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0
+    assert state["ema"] is not None  # the weight average is part of the resume state
     resumed = run(args + ["--resume"], killed)
     assert "Resuming" in resumed.stdout
     got = json.loads((killed / "results" / "metrics_lite.json").read_text())
@@ -106,6 +107,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     (["--subset-size", "0"], "subset size must be between"),
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--epochs", "-1"], "--epochs must be a positive integer"),
+    (["--time-budget", "0"], "--time-budget must be a positive number of minutes"),
+    (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
     (["--target"], "expected one argument"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, flags: list[str], message: str) -> None:
@@ -130,7 +133,11 @@ def test_resume_refuses_another_target_or_architecture(lite_run: Path) -> None:
     proc = run(base + ["--hidden", "32"], lite_run, check=False)
     assert proc.returncode == 1 and "another architecture" in proc.stderr
     proc = run(base + ["--batch-size", "8"], lite_run, check=False)
-    assert proc.returncode == 1 and "same batch size" in proc.stderr
+    assert proc.returncode == 1 and "same --batch-size" in proc.stderr
+    proc = run(base + ["--ema-decay", "0.99"], lite_run, check=False)
+    assert proc.returncode == 1 and "same --ema-decay" in proc.stderr
+    proc = run(base + ["--time-budget", "5"], lite_run, check=False)
+    assert proc.returncode == 1 and "same --time-budget" in proc.stderr
 
 
 def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp_path: Path) -> None:
@@ -176,3 +183,61 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
     fresh = SchNet(**LITE_CONFIG)
     fresh.load_state_dict(models[0].state_dict())
     assert torch.equal(fresh.lin2.weight, models[0].lin2.weight)
+
+
+def test_schedule_warms_up_then_decays_by_whichever_of_epochs_and_budget_comes_first() -> None:
+    s = train.Schedule(peak=1e-3, warmup=10, total_steps=1000)
+    assert s.lr(0, 0.0) == pytest.approx(1e-4) and s.lr(9, 0.0) == pytest.approx(1e-3, rel=1e-4)
+    assert s.lr(505, 1e9) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))  # no budget: time does not count
+    assert s.lr(1000, 0.0) == pytest.approx(1e-5) and s.lr(5000, 0.0) == pytest.approx(1e-5)
+    b = train.Schedule(peak=1e-3, warmup=10, total_steps=1000, budget_s=60.0)
+    assert b.progress(109, 30.0) == 0.5 and b.progress(802, 30.0) == 0.8  # the larger of the two fractions
+    assert b.lr(100, 60.0) == pytest.approx(1e-5) and b.lr(100, 600.0) == pytest.approx(1e-5)
+    lrs = [b.lr(20, t) for t in (0.0, 10.0, 20.0, 40.0, 59.0)]
+    assert all(x > y for x, y in zip(lrs, lrs[1:]))  # decays monotonically with time after the warm-up
+
+
+def test_time_budget_ends_the_run_like_a_finished_one(tmp_path: Path) -> None:
+    """A 0.25-minute budget on a run that would take many epochs: it stops near the budget, on a decayed learning
+    rate, with a partial last epoch, and still tests the best model and writes every output."""
+    proc = run([sys.executable, "train_lite.py", "--subset-size", "2000", "--epochs", "200", "--tsne-samples", "25",
+                "--device", "cpu", "--time-budget", "0.25"], tmp_path)
+    assert "time budget of 0.25 min spent" in proc.stdout and "test (200 molecules" in proc.stdout
+    metrics = json.loads((tmp_path / "results" / "metrics_lite.json").read_text())
+    assert 0.1 < metrics["minutes"] < 0.25 + 0.1 and 0 < metrics["epochs_done"] < 200
+    assert metrics["epochs_run"] == math.ceil(metrics["epochs_done"])
+    last = (tmp_path / "results" / "history_lite.csv").read_text().splitlines()[-1].split(",")
+    header = (tmp_path / "results" / "history_lite.csv").read_text().splitlines()[0].split(",")
+    assert float(last[header.index("lr")]) < 0.1 * 3e-3  # the cosine reached (nearly) its end
+    for name in ("predictions_lite.png", "loss_curve_lite.png", "tsne_lite.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 10_000
+    best = torch.load(tmp_path / "checkpoints" / "best_model_lite.pth", weights_only=True)
+    assert best["time_budget"] == 0.25 and best["minutes"] == pytest.approx(metrics["minutes"])
+    assert "--time-budget 0.25" in best["command"] and best["command"].startswith("python train_lite.py")
+
+
+def test_the_kept_weights_are_the_average(lite_run: Path, qm9) -> None:
+    """The best checkpoint holds the moving average of the weights, which differs from the raw weights in the
+    resume state, and which gives the reported validation MAE."""
+    state = torch.load(lite_run / "checkpoints" / "last_lite.pth", weights_only=True)
+    best = torch.load(lite_run / "checkpoints" / "best_model_lite.pth", weights_only=True)
+    assert state["ema_decay"] == 0.999 and state["ema"]["n_averaged"] == state["progress"]["step"]
+    if best["epoch"] == state["progress"]["epoch"]:  # the last epoch was the best: the checkpoint is the average
+        for k, v in best["state_dict"].items():
+            torch.testing.assert_close(v, state["ema"][f"module.{k}"])
+    assert not torch.equal(best["state_dict"]["lin2.weight"], state["state_dict"]["lin2.weight"])
+    val = best["split"]["val"]
+    pred = train.predict(train.model_from_checkpoint(best), qm9_data.Batcher(qm9), val, 64)
+    assert float((pred - qm9.y[val, 4]).abs().mean()) == pytest.approx(best["metrics"]["val_mae"], rel=1e-4)
+
+
+def test_ema_decay_zero_keeps_the_raw_weights(tmp_path: Path) -> None:
+    run([sys.executable, "train_lite.py", *TINY, "--ema-decay", "0"], tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last_lite.pth", weights_only=True)
+    best = torch.load(tmp_path / "checkpoints" / "best_model_lite.pth", weights_only=True)
+    assert state["ema"] is None
+    history = (tmp_path / "results" / "history_lite.csv").read_text().splitlines()
+    h = history[0].split(",")
+    assert all(r.split(",")[h.index("val_mae")] == r.split(",")[h.index("val_mae_raw")] for r in history[1:])
+    if best["epoch"] == state["progress"]["epoch"]:
+        torch.testing.assert_close(best["state_dict"], state["state_dict"])
