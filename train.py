@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import shlex
 import sys
@@ -24,8 +25,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import cpu_kernels
+import distributed
 import plots
 import qm9_data
+from distributed import World
 from qm9_data import Batcher, QM9
 from schnet_model import FULL_CONFIG, SchNet, count_parameters
 
@@ -33,7 +36,7 @@ CHECKPOINT_FORMAT = "schnet-qm9/1"
 INTENSIVE = {"mu", "homo", "lumo", "gap", "A", "B", "C"}  # per-molecule properties: mean readout
 
 FULL_DEFAULTS = dict(
-    subset_size=None, epochs=200, batch_size=32, lr=2e-3, patience=30, ema_decay=0.999, suffix="", **FULL_CONFIG,
+    subset_size=None, epochs=200, batch_size=32, lr=1e-3, patience=30, ema_decay=0.999, suffix="", **FULL_CONFIG,
 )
 
 
@@ -205,17 +208,26 @@ class FlatAdam(torch.optim.Adam):
 
 
 def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batch, target: int,
-               scale: float, loss: str = "mse", clip_grad: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+               scale: float, loss: str = "mse", clip_grad: float = 10.0, world: World = World(),
+               global_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch; the loss is taken on targets divided by `scale`.
 
-    Returns (loss [], predictions [B]) as tensors, detached, without a host synchronisation.
+    With several processes, `b` is this rank's share of a global batch of `global_size` molecules: the rank
+    back-propagates its share's summed loss / global_size and the gradients are summed over the ranks, which gives
+    every rank the gradient of the global batch's mean loss (distributed.py). Returns (this rank's part of the
+    loss [], predictions [b]) as tensors, detached, without a host synchronisation.
     """
-    pred = model(b.z, b.pos, b.batch)[:, 0]  # [B]
+    pred = model(b.z, b.pos, b.batch)[:, 0]  # [b]
     loss_fn = torch.nn.functional.mse_loss if loss == "mse" else torch.nn.functional.l1_loss
-    value = loss_fn(pred / scale, b.y[:, target] / scale)
+    if world.active:
+        value = loss_fn(pred / scale, b.y[:, target] / scale, reduction="sum") / global_size
+    else:
+        value = loss_fn(pred / scale, b.y[:, target] / scale)
     optimizer.zero_grad()
     value.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]  # FlatAdam: the one flat tensor
+    for p in params:
+        world.sum_(p.grad)
     torch.nn.utils.clip_grad_norm_(params, clip_grad, foreach=True)
     optimizer.step()
     return value.detach(), pred.detach()
@@ -288,13 +300,18 @@ class Progress:
 
 
 class Trainer:
-    """The model, its weight average and optimiser, and the loop's steps: train an epoch, validate, save state."""
+    """The model, its weight average and optimiser, and the loop's steps: train an epoch, validate, save state.
 
-    def __init__(self, args: argparse.Namespace, data: QM9, split: dict, meta: dict, device: torch.device) -> None:
-        self.args, self.data, self.meta, self.t = args, data, meta, meta["target_index"]
+    With several processes (distributed.py) every rank runs all of this on its share of each batch; only rank 0
+    writes files.
+    """
+
+    def __init__(self, args: argparse.Namespace, data: QM9, split: dict, meta: dict, device: torch.device,
+                 world: World = World()) -> None:
+        self.args, self.data, self.meta, self.t, self.world = args, data, meta, meta["target_index"], world
         self.train_idx, self.val_idx, self.test_idx = split["train"], split["val"], split["test"]
         norm = meta["normalisation"]
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # the same initial weights on every rank
         model = SchNet(**meta["model_config"], mean=norm["mean"], std=norm["std"],
                        atomref=None if norm["atomref"] is None else torch.tensor(norm["atomref"]).view(100, 1))
         self.model = model.to(device)
@@ -309,6 +326,7 @@ class Trainer:
         self.best_path = Path(args.checkpoint_dir) / f"best_model{args.suffix}.pth"
         self.val_seconds = 0.0  # duration of the last validation: reserved at the end of a time budget
         self.t0 = time.perf_counter()
+        self.loss_part, self.err_part = torch.zeros((), device=device), torch.zeros((), device=device)
 
     @property
     def eval_model(self) -> SchNet:
@@ -326,11 +344,21 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         return Progress(**state["progress"])
 
+    def sync(self, p: Progress) -> None:
+        """Folds this epoch's per-rank loss and error sums, summed over the ranks, into p; agrees on p.elapsed."""
+        parts = self.world.sum_(torch.stack([self.loss_part, self.err_part]).double()).tolist()
+        p.loss_sum, p.abs_err_sum = p.loss_sum + parts[0], p.abs_err_sum + parts[1]
+        self.loss_part.zero_()
+        self.err_part.zero_()
+        p.elapsed = self.world.agree(time.perf_counter() - self.t0)[0]
+
     def save_state(self, p: Progress) -> None:
-        p.loss_sum, p.abs_err_sum = float(p.loss_sum), float(p.abs_err_sum)
-        save_checkpoint({**self.meta, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                         "ema": None if self.ema is None else self.ema.state_dict(), "progress": asdict(p)},
-                        self.last_path)
+        self.sync(p)
+        if self.world.main:
+            save_checkpoint({**self.meta, "state_dict": self.model.state_dict(),
+                             "optimizer": self.optimizer.state_dict(),
+                             "ema": None if self.ema is None else self.ema.state_dict(), "progress": asdict(p)},
+                            self.last_path)
 
     def fit(self, p: Progress) -> None:
         """Epochs until --epochs, --patience or --time-budget ends the run; the clock resumes from p.elapsed."""
@@ -343,36 +371,44 @@ class Trainer:
         """True when the rest of the budget is needed for the final validation."""
         return self.schedule.budget_s is not None and p.elapsed + self.val_seconds >= self.schedule.budget_s
 
+    def decide(self, p: Progress, last_save: float) -> tuple[bool, bool]:
+        """(stop for the time budget, save the resume state now), the same on every rank; sets p.elapsed, the
+        clock the learning rate follows, to the slowest rank's."""
+        p.elapsed, stop, save = self.world.agree(time.perf_counter() - self.t0, self.out_of_time(p),
+                                                 time.perf_counter() - last_save > self.args.checkpoint_every)
+        return bool(stop), bool(save)
+
     def train_epoch(self, p: Progress) -> bool:
         """Steps of epoch p.epoch from p.step_in_epoch on; returns True if the time budget ended it early."""
-        args, spe = self.args, self.steps_per_epoch
+        args, spe, world = self.args, self.steps_per_epoch, self.world
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + p.epoch)  # epoch order is a function of the epoch
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=g)].split(args.batch_size)
         bar = tqdm(total=spe, initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{args.epochs}", leave=False,
-                   unit="step", disable=None)
+                   unit="step", disable=None if world.main else True)
         last_save = time.perf_counter()
         for step in range(p.step_in_epoch, spe):
-            if self.out_of_time(p):
-                bar.close()
-                return True
+            if not world.active or step % 10 == 0:  # several processes: agree every 10 steps, not every step
+                stop, save = self.decide(p, last_save)
+                if stop:
+                    bar.close()
+                    return True
+                if save:
+                    self.save_state(p)
+                    last_save = time.perf_counter()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(p.step, p.elapsed)
-            b = self.batcher(order[step])
+            b = self.batcher(world.shard(order[step]))
             loss, pred = train_step(self.model, self.optimizer, b, self.t, self.meta["normalisation"]["loss_scale"],
-                                    args.loss, args.clip_grad)
+                                    args.loss, args.clip_grad, world, len(order[step]))
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            p.loss_sum = p.loss_sum + loss
-            p.abs_err_sum = p.abs_err_sum + (pred - b.y[:, self.t]).abs().sum()
+            self.loss_part += loss
+            self.err_part += (pred - b.y[:, self.t]).abs().sum()
             p.step, p.step_in_epoch = p.step + 1, step + 1
-            p.elapsed = time.perf_counter() - self.t0
             if step % 10 == 0 or step == spe - 1:  # one host sync every 10 steps
                 self.check_finite(loss.item(), p)
-                bar.set_postfix_str(f"loss {loss.item():.4f}" + self.time_left(p))
+                bar.set_postfix_str(f"loss {loss.item() * world.size:.4f}" + self.time_left(p))
             bar.update(1)
-            if time.perf_counter() - last_save > args.checkpoint_every:
-                self.save_state(p)
-                last_save = time.perf_counter()
         bar.close()
         return False
 
@@ -387,13 +423,17 @@ class Trainer:
         left = max(0, int(self.schedule.budget_s - p.elapsed))
         return f", {left // 60}:{left % 60:02d} left"
 
+    def predict(self, model: SchNet, mols: torch.Tensor, embeddings: bool = False) -> torch.Tensor:
+        """predict() over `mols`, each rank on its share, gathered: every rank gets all [M] (or [M, D]) rows."""
+        part = predict(model, self.batcher, self.world.shard(mols), self.eval_bs, embeddings)
+        return self.world.gather(part, len(mols))
+
     def validate(self) -> tuple[dict, dict]:
         """Validation metrics of the evaluated weights, and of the raw (not averaged) ones."""
         t = time.perf_counter()
         true = self.data.y[self.val_idx, self.t]
-        val = regression_metrics(predict(self.eval_model, self.batcher, self.val_idx, self.eval_bs), true)
-        raw = val if self.ema is None else regression_metrics(
-            predict(self.model, self.batcher, self.val_idx, self.eval_bs), true)
+        val = regression_metrics(self.predict(self.eval_model, self.val_idx), true)
+        raw = val if self.ema is None else regression_metrics(self.predict(self.model, self.val_idx), true)
         self.val_seconds = time.perf_counter() - t
         return val, raw
 
@@ -401,12 +441,12 @@ class Trainer:
         """Validate, record, keep the best weights, decide whether the run is over, save the resume state."""
         args, unit = self.args, self.meta["unit"]
         if p.step_in_epoch:
-            seen = min(p.step_in_epoch * args.batch_size, len(self.train_idx))
             val, raw = self.validate()
-            p.elapsed = time.perf_counter() - self.t0
+            self.sync(p)
+            seen = min(p.step_in_epoch * args.batch_size, len(self.train_idx))
             lr = self.optimizer.param_groups[0]["lr"]
-            p.history.append(dict(epoch=p.epoch + 1, train_loss=float(p.loss_sum) / p.step_in_epoch,
-                                  train_mae=float(p.abs_err_sum) / seen, val_mae=val["mae"], val_mae_raw=raw["mae"],
+            p.history.append(dict(epoch=p.epoch + 1, train_loss=p.loss_sum / p.step_in_epoch,
+                                  train_mae=p.abs_err_sum / seen, val_mae=val["mae"], val_mae_raw=raw["mae"],
                                   val_rmse=val["rmse"], lr=lr, epochs_done=p.step / self.steps_per_epoch,
                                   minutes=p.elapsed / 60))
             h = p.history[-1]
@@ -416,8 +456,9 @@ class Trainer:
                   + f" | lr {lr:.2e} | {h['minutes']:.1f} min" + self.time_left(p), flush=True)
             if val["mae"] < p.best_val:
                 p.best_val, p.best_epoch = val["mae"], p.epoch + 1
-                save_checkpoint({**self.meta, "state_dict": self.eval_model.state_dict(), "epoch": p.best_epoch,
-                                 "metrics": {"val_mae": p.best_val}}, self.best_path)
+                if self.world.main:
+                    save_checkpoint({**self.meta, "state_dict": self.eval_model.state_dict(),
+                                     "epoch": p.best_epoch, "metrics": {"val_mae": p.best_val}}, self.best_path)
             p.epoch += 1
         p.step_in_epoch, p.loss_sum, p.abs_err_sum = 0, 0.0, 0.0
         stalled = bool(args.patience) and p.epoch - p.best_epoch >= args.patience
@@ -450,45 +491,49 @@ def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
 
 
 def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) -> dict:
-    """Test the best weights (reloaded from disk: what a user of the file gets); write figures, metrics, history."""
-    args, meta, data, t = trainer.args, trainer.meta, trainer.data, trainer.t
+    """Test the best weights (reloaded from disk: what a user of the file gets); write figures, metrics, history.
+
+    Every rank predicts its share of the test set and of the t-SNE sample; rank 0 writes.
+    """
+    args, meta, data, t, world = trainer.args, trainer.meta, trainer.data, trainer.t, trainer.world
     target, unit, out_dir, test_idx = meta["target"], meta["unit"], Path(args.output_dir), trainer.test_idx
+    world.barrier()  # rank 0 has written the best checkpoint
     best = load_checkpoint(trainer.best_path)
     model = model_from_checkpoint(best, device)
-    pred, true = predict(model, trainer.batcher, test_idx, trainer.eval_bs), data.y[test_idx, t]
+    pred, true = trainer.predict(model, test_idx), data.y[test_idx, t]
     test = regression_metrics(pred, true)
     if unit == "eV":
         test["mae_meV"] = 1000 * test["mae"]
     print(f"test ({len(test_idx):,} molecules, best epoch {best['epoch']}): MAE {test['mae']:.5g} {unit}"
           + (f" ({test['mae_meV']:.1f} meV)" if unit == "eV" else "")
           + f" | RMSE {test['rmse']:.5g} {unit} | R2 {test['r2']:.5f}")
-    # The raw weights at the end, for what the average buys (they are not kept).
-    raw = regression_metrics(predict(trainer.model, trainer.batcher, test_idx, trainer.eval_bs), true)
+    raw = regression_metrics(trainer.predict(trainer.model, test_idx), true)  # what the average bought
+    g = torch.Generator().manual_seed(args.seed)
+    shown = test_idx[torch.randperm(len(test_idx), generator=g)[: args.tsne_samples]]
+    emb = trainer.predict(model, shown, embeddings=True)
     minutes, epochs_done = p.elapsed / 60, p.step / trainer.steps_per_epoch
+    split = meta["split"]
+    metrics = dict(target=target, unit=unit, test=test, test_raw_final_weights=raw, best_val_mae=p.best_val,
+                   best_epoch=best["epoch"], epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
+                   config=meta["model_config"], args=vars(args), command=args.command, processes=world.size,
+                   split=dict(seed=args.seed, subset_size=args.subset_size, train=len(split["train"]),
+                              val=len(split["val"]), test=len(split["test"])),
+                   device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"CPU ({torch.get_num_threads()} threads per process)", wall_time_s=p.elapsed,
+                   peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(model), torch=torch.__version__,
+                   kernels=kernels, checkpoint=str(trainer.best_path))
+    if not world.main:
+        return metrics
     best["metrics"] = {**best["metrics"], **{f"test_{k}": v for k, v in test.items()}}
     best.update(command=args.command, epochs_done=epochs_done, minutes=minutes)
     save_checkpoint(best, trainer.best_path)
-
     tag = f" ({args.suffix.strip('_')})" if args.suffix else ""
     plots.plot_predictions(true.numpy(), pred.numpy(), test, target, unit, out_dir / f"predictions{args.suffix}.png",
                            title=f"QM9 {target}: {len(test_idx):,} test molecules{tag}")
     plots.plot_loss_curve(p.history, unit, out_dir / f"loss_curve{args.suffix}.png",
                           title=f"SchNet on QM9 {target}{tag}")
-    g = torch.Generator().manual_seed(args.seed)
-    shown = test_idx[torch.randperm(len(test_idx), generator=g)[: args.tsne_samples]]
-    emb = predict(model, trainer.batcher, shown, trainer.eval_bs, embeddings=True)
     plots.plot_tsne(emb.numpy(), data.y[shown, t].numpy(), target, unit, out_dir / f"tsne{args.suffix}.png",
                     seed=args.seed)
-    split = meta["split"]
-    metrics = dict(target=target, unit=unit, test=test, test_raw_final_weights=raw, best_val_mae=p.best_val,
-                   best_epoch=best["epoch"], epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
-                   config=meta["model_config"], args=vars(args), command=args.command,
-                   split=dict(seed=args.seed, subset_size=args.subset_size, train=len(split["train"]),
-                              val=len(split["val"]), test=len(split["test"])),
-                   device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"CPU ({torch.get_num_threads()} threads)", wall_time_s=p.elapsed,
-                   peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(model), torch=torch.__version__,
-                   kernels=kernels, checkpoint=str(trainer.best_path))
     with qm9_data.atomic_write(out_dir / f"metrics{args.suffix}.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     rows = [",".join(p.history[0])] + [",".join(f"{v}" for v in h.values()) for h in p.history]
@@ -499,9 +544,35 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     return metrics
 
 
+def join_processes(args: argparse.Namespace, device: torch.device) -> tuple[World, torch.device]:
+    """Under torchrun, this process's place in the run and its device; ranks other than 0 print nothing. A
+    worker group that torchrun restarted after a failure resumes from the last saved state by itself."""
+    world = distributed.init(use_cuda=device.type == "cuda")
+    if world.device.type == "cuda":
+        device = world.device  # one GPU per process
+    if not world.main:
+        sys.stdout = open(os.devnull, "w")  # errors still reach stderr
+    if args.batch_size < world.size:
+        raise TrainingError(f"--batch-size {args.batch_size} is smaller than the {world.size} processes: it is the "
+                            "global batch, split across them; use at least one molecule per process")
+    if distributed.restarted() and (Path(args.checkpoint_dir) / f"last{args.suffix}.pth").is_file():
+        args.resume = True
+        print(f"torchrun restarted the workers (restart {os.environ['TORCHELASTIC_RESTART_COUNT']}): resuming")
+    return world, device
+
+
+def check_shares(split: dict, batch_size: int, world: World) -> None:
+    """Every process must get molecules from every batch, the last one of an epoch included, and from each set."""
+    rest = len(split["train"]) % batch_size
+    if 0 < rest < world.size or min(len(split["val"]), len(split["test"])) < world.size:
+        raise TrainingError(f"with {world.size} processes, --batch-size {batch_size} leaves the last batch of "
+                            f"{len(split['train']):,} training molecules with {rest}, or a set is smaller than the "
+                            "number of processes: pick a batch size that divides the training set, or fewer processes")
+
+
 def run(args: argparse.Namespace) -> dict:
     check_args(args)
-    device = resolve_device(args.device)
+    world, device = join_processes(args, resolve_device(args.device))
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     target, t = args.target, qm9_data.target_index(args.target)
@@ -524,9 +595,10 @@ def run(args: argparse.Namespace) -> dict:
     else:
         split = qm9_data.split_indices(len(data), args.subset_size, seed=args.seed)
         meta["normalisation"] = normalisation(data, split["train"], t, readout)
+    check_shares(split, args.batch_size, world)
     meta["split"] = split
     meta["elements"] = Batcher(data)(split["train"]).z.unique().tolist()  # what predict.py accepts
-    trainer = Trainer(args, data, split, meta, device)
+    trainer = Trainer(args, data, split, meta, device, world)
     p = trainer.restore(state) if state else Progress()
 
     kernels = cpu_kernels.backend() if device.type == "cpu" else "pure PyTorch"
@@ -535,15 +607,18 @@ def run(args: argparse.Namespace) -> dict:
     print(f"molecules: {len(split['train']):,} train / {len(split['val']):,} val / {len(split['test']):,} test | "
           f"batch {args.batch_size}, {trainer.steps_per_epoch} steps per epoch | weight average "
           + (f"decay {args.ema_decay:g}" if args.ema_decay else "off")
-          + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min"))
+          + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min")
+          + ("" if not world.active else f" | {world.size} processes, {torch.get_num_threads()} threads each"))
     if state:
         print(f"Resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.step_in_epoch}, "
               f"{p.elapsed / 60:.1f} min spent")
-    else:
+    elif world.main:
         qm9_data.save_split(split, Path(args.output_dir) / f"split{args.suffix}.json", seed=args.seed,
                             subset_size=args.subset_size)
     trainer.fit(p)
-    return finish(trainer, p, device, kernels)
+    metrics = finish(trainer, p, device, kernels)
+    distributed.close(world)  # not on errors: tearing down a group with a dead peer can hang
+    return metrics
 
 
 def main(argv: list[str] | None = None, defaults: dict = FULL_DEFAULTS,
