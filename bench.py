@@ -48,6 +48,7 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
     import torch
 
     torch.set_num_threads(threads)
+    import optim
     import qm9_data
     import train
 
@@ -64,7 +65,7 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
     model = SchNet(**config, readout="add", mean=mean, std=std)
     if pipeline == "ours":
         model = model.to(device)
-        optimizer = train.FlatAdam(model, lr=1e-4)
+        optimizer = optim.FlatAdam(model, lr=1e-4)
         batcher = qm9_data.Batcher(data, device)
         batches = iter(order.split(batch_size))
 

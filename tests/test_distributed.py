@@ -26,8 +26,8 @@ def torchrun(n: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *extra]
 
 
-def run(cmd: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+def run(cmd: list[str], tmp: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **env}
     proc = subprocess.run(cmd + outputs(tmp), cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,10 +46,11 @@ def one_process(tmp_path_factory, qm9) -> Path:
 
 
 def test_two_processes_take_the_same_steps_as_one(one_process: Path, tmp_path: Path) -> None:
-    """--batch-size is the global batch: 2 gloo processes end with the parameters and test MAE of 1 process."""
-    proc = run(torchrun(2) + ["train_lite.py", *SMALL], tmp_path)
+    """--batch-size is the global batch: 2 gloo processes (through run_lite.sh) end with the parameters and test
+    MAE of 1 process."""
+    proc = run(["bash", "run_lite.sh", *SMALL], tmp_path, NPROC="2")
     assert proc.stdout.count("test (60 molecules") == 1  # only rank 0 prints
-    assert "2 processes, 1 threads each" in proc.stdout
+    assert f"2 processes, {max(1, len(os.sched_getaffinity(0)) // 2)} thread(s) each" in proc.stdout
     two = torch.load(tmp_path / "checkpoints" / "last_lite.pth", weights_only=True)
     one = torch.load(one_process / "checkpoints" / "last_lite.pth", weights_only=True)
     assert two["progress"]["step"] == one["progress"]["step"] == 3 * 30

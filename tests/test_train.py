@@ -14,6 +14,7 @@ import matplotlib.image
 import pytest
 import torch
 
+import optim
 import qm9_data
 import train
 
@@ -172,7 +173,7 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
     for flat in (True, False):
         torch.manual_seed(0)
         model = SchNet(**LITE_CONFIG, mean=0.0, std=1.0)
-        opt = train.FlatAdam(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = optim.FlatAdam(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
         for b in batches:
             train.train_step(model, opt, b, 4, 1.0, clip_grad=0.5)  # small max norm: clipping is active
         models.append(model)
@@ -186,11 +187,11 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
 
 
 def test_schedule_warms_up_then_decays_by_whichever_of_epochs_and_budget_comes_first() -> None:
-    s = train.Schedule(peak=1e-3, warmup=10, total_steps=1000)
+    s = optim.Schedule(peak=1e-3, warmup=10, total_steps=1000)
     assert s.lr(0, 0.0) == pytest.approx(1e-4) and s.lr(9, 0.0) == pytest.approx(1e-3, rel=1e-4)
     assert s.lr(505, 1e9) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))  # no budget: time does not count
     assert s.lr(1000, 0.0) == pytest.approx(1e-5) and s.lr(5000, 0.0) == pytest.approx(1e-5)
-    b = train.Schedule(peak=1e-3, warmup=10, total_steps=1000, budget_s=60.0)
+    b = optim.Schedule(peak=1e-3, warmup=10, total_steps=1000, budget_s=60.0)
     assert b.progress(109, 30.0) == 0.5 and b.progress(802, 30.0) == 0.8  # the larger of the two fractions
     assert b.lr(100, 60.0) == pytest.approx(1e-5) and b.lr(100, 600.0) == pytest.approx(1e-5)
     lrs = [b.lr(20, t) for t in (0.0, 10.0, 20.0, 40.0, 59.0)]
