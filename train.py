@@ -1,11 +1,13 @@
 """Train SchNet on QM9 for one target; evaluate on the test split; write figures, metrics and checkpoints.
 
     python train.py --target gap                      # full QM9: 110,000 / 10,000 / 10,831 molecules
-    python train.py --target U0 --epochs 50 --batch-size 32
+    python train.py --target gap --time-budget 60     # the same in one hour: the schedule spans the budget
     python train_lite.py                              # same loop, smaller defaults (10k subset, small model)
+    torchrun --nproc_per_node 2 train_lite.py         # data-parallel, same steps (distributed.py)
 
 The one training loop of the repo lives here; train_lite.py only changes the defaults. Batches are cut from flat
 tensors held on the training device (qm9_data.Batcher), so no DataLoader or per-molecule collation is involved.
+Reading order: Trainer.fit (train_epoch, end_epoch), then finish; run() sets them up.
 """
 from __future__ import annotations
 
@@ -62,7 +64,8 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=defaults["ema_decay"],
                    help="decay of the exponential moving average of the weights, which are the ones validated, "
                         "kept and tested (0: no average)")
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="molecules per training step")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                   help="molecules per training step (under torchrun: in all processes together)")
     p.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate of Adam (cosine decay)")
     p.add_argument("--subset-size", type=int, default=defaults["subset_size"],
                    help="use this many molecules, split 80/10/10 (default: all of QM9, split 110k/10k/rest)")
@@ -454,7 +457,8 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     if not world.main:
         return metrics
     best["metrics"] = {**best["metrics"], **{f"test_{k}": v for k, v in test.items()}}
-    best.update(command=args.command, epochs_done=epochs_done, minutes=minutes)
+    best.update(command=args.command, args=vars(args), processes=world.size, epochs_done=epochs_done,
+                minutes=minutes)
     save_checkpoint(best, trainer.best_path)
     tag = f" ({args.suffix.strip('_')})" if args.suffix else ""
     plots.plot_predictions(true.numpy(), pred.numpy(), test, target, unit, out_dir / f"predictions{args.suffix}.png",
