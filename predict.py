@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def describe(path: Path, ckpt: dict) -> str:
     """One line on which model predicts: file, target, and the test MAE it recorded."""
     test = ckpt.get("metrics", {}).get("test_mae")
     n = len(ckpt["split"]["test"]) if "split" in ckpt else 0
-    return (f"model: {path} (SchNet, {ckpt['target']} in {ckpt['unit']}"
+    return (f"model: {os.path.relpath(path)} (SchNet, {ckpt['target']} in {ckpt['unit']}"
             + ("" if test is None else f", test MAE {test:.4g} {ckpt['unit']} on {n:,} QM9 molecules") + ")")
 
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'file':<{width}}  frame  {'formula':<12} atoms  {target + ' (' + unit + ')':>16}  note")
     for r in rows:
         print(f"{r['file']:<{width}}  {r['frame']:>5}  {r['formula']:<12} {r['atoms']:>5}  "
-              f"{r['prediction']:>16.6g}  {r['note']}")
+              f"{r['prediction']:>16.5f}  {r['note']}")
     if args.per_atom:
         from ase.data import chemical_symbols
 
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for m, c in zip(molecules, contributions):
             print(f"\n{m.file} frame {m.frame} ({m.formula}), {target} per atom ({unit}):")
             for k, (zi, ci) in enumerate(zip(m.z, c)):
-                print(f"  {k:3d}  {chemical_symbols[zi]:<2} {ci: .6g}")
-            print(f"  sum  {c.sum(): .6g}")
+                print(f"  {k:3d}  {chemical_symbols[zi]:<2} {ci: .5f}")
+            print(f"  sum  {c.sum(): .5f}")
             name = f"{Path(m.file).stem}" + (f"_{m.frame}" if sum(x.file == m.file for x in molecules) > 1 else "")
             shown = c - atomref[m.z] if has_ref else c
             label = f"{target} contribution" + (" minus free atom energy" if has_ref else "")

@@ -1,6 +1,7 @@
 """predict.py on structure files: the same numbers as the training evaluation, symmetric, and strict on bad input."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,7 +161,8 @@ def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_p
     for flags, target in (([], "gap"), (["--target", "U0"], "U0")):
         proc = run([*flags, "--device", "cpu", "m.xyz"], tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert f"model: {predict.SHIPPED[target]}" in proc.stdout and f"{target} (eV)" in proc.stdout
+        shown = os.path.relpath(predict.SHIPPED[target], tmp_path)
+        assert f"model: {shown} (SchNet, {target} in eV, test MAE" in proc.stdout and f"{target} (eV)" in proc.stdout
     dft = float(qm9.y[100, 4])
     shown = float(run(["--device", "cpu", "m.xyz"], tmp_path).stdout.strip().splitlines()[-1].split()[4])
     assert abs(shown - dft) < 0.5  # a trained model, not a random one: within 0.5 eV of the DFT gap
