@@ -99,13 +99,19 @@ def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device:
 
 
 def closest_pair(pos: np.ndarray) -> tuple[int, int, float]:
-    """The two closest atoms (i < j) of a structure [n, 3] and their distance in Angstrom; (-1, -1, inf) for n < 2."""
+    """The two closest atoms (i < j) of a structure [n, 3] and their distance in Angstrom; (-1, -1, inf) for n < 2.
+
+    A k-d tree's nearest neighbours (scipy, which scikit-learn installs), O(n log n): a large PDB file would not
+    fit an n x n distance matrix.
+    """
+    from scipy.spatial import cKDTree
+
     if len(pos) < 2:
         return -1, -1, float("inf")
-    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)  # [n, n]
-    d[np.diag_indices(len(pos))] = np.inf
-    i, j = np.unravel_index(np.argmin(d), d.shape)
-    return int(min(i, j)), int(max(i, j)), float(d[i, j])
+    dist, nearest = cKDTree(pos).query(pos, k=2)  # [n, 2]: each atom itself, then its nearest neighbour
+    i = int(np.argmin(dist[:, 1]))
+    j = int(nearest[i, 1])
+    return min(i, j), max(i, j), float(dist[i, 1])
 
 
 def note(m: Molecule) -> str:

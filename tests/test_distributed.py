@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_for_mid_epoch_state
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--subset-size", "600", "--epochs", "3", "--tsne-samples", "25", "--device", "cpu"]
@@ -83,21 +83,6 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             kids.append(int(stat.parent.name))
     return kids
-
-
-def wait_for_mid_epoch_state(last: Path, proc: subprocess.Popen) -> dict:
-    """Polls the resume state until one from inside epoch 2 is on disk."""
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists():
-            try:
-                state = torch.load(last, weights_only=True)
-            except Exception:
-                state = None
-            if state and state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0:
-                return state
-        time.sleep(0.05)
-    raise AssertionError("no mid-epoch resume state appeared")
 
 
 def start(cmd: list[str], tmp: Path) -> subprocess.Popen:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib.image
@@ -17,6 +16,7 @@ import torch
 import optim
 import qm9_data
 import train
+from conftest import wait_for_mid_epoch_state
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--subset-size", "300", "--epochs", "2", "--tsne-samples", "25", "--device", "cpu"]
@@ -78,18 +78,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     cmd = args + ["--output-dir", str(killed / "results"), "--checkpoint-dir", str(killed / "checkpoints"),
                   "--data-dir", str(REPO / "data")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last_lite.pth"
-    deadline = time.time() + 120
-    state = None
-    while time.time() < deadline:  # wait until a mid-epoch state of epoch 2 is on disk, then kill -9
-        if last.exists():
-            try:
-                state = torch.load(last, weights_only=True)
-            except Exception:
-                state = None
-            if state and state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 5:
-                break
-        time.sleep(0.05)
+    # wait until a mid-epoch state of epoch 2 is on disk, then kill -9
+    state = wait_for_mid_epoch_state(killed / "checkpoints" / "last_lite.pth", proc, min_step=5, timeout=120)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state is not None and state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0
