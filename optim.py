@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 
 @dataclass
@@ -39,15 +39,36 @@ class Schedule:
         return self.peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed))))
 
 
-def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
-    """Exponential moving average of the weights (torch.optim.swa_utils), or None for decay 0.
+def ema_decay(decay: float, num_averaged: torch.Tensor) -> torch.Tensor:
+    r"""The average's decay after `num_averaged` updates: a warm-up, then `decay`,
 
-    After each step, w_ema <- decay * w_ema + (1 - decay) * w (the first update copies w). The buffers (mean, std,
-    atomref) are constants and are not averaged.
+    .. math::
+        \beta_n = \min\left(\beta, \frac{1 + n}{10 + n}\right)
+
+    (the num_updates rule of TensorFlow's ExponentialMovingAverage). Early on the average spans about a tenth of
+    the steps taken, so it does not lag a model that still improves quickly; from n = 9 / (1 - beta) - 1 steps on
+    (8,990 for 0.999) it is the plain exponential average with horizon 1 / (1 - beta).
+    """
+    n = num_averaged.double()
+    return ((1 + n) / (10 + n)).clamp(max=decay)  # a tensor on the weights' device: no host synchronisation
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """Exponential moving average of the weights (torch.optim.swa_utils.AveragedModel), or None for decay 0.
+
+    After each step, w_ema <- b * w_ema + (1 - b) * w with b = ema_decay(decay, n) (the first update copies w).
+    The buffers (mean, std, atomref) are constants and are not averaged.
     """
     if decay == 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        b = ema_decay(decay, num_averaged).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, b)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - b))
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
 
 
 class FlatAdam(torch.optim.Adam):
@@ -77,3 +98,42 @@ class FlatAdam(torch.optim.Adam):
         self.flat.grad.zero_()
         for p, g in self._views:
             p.grad = g
+
+
+@dataclass
+class LossGuard:
+    r"""Watches the training loss for a blow-up, against a running mean of the recent losses.
+
+    The loop reports, every few steps, the mean per-target loss L_k of that window of steps. The running mean
+    m_k <- d m_k + (1 - d) L_k (d = `decay` per window) is the reference: a window with
+    max_k L_k / m_k > `factor`, or a loss that is not finite, is a spike. The trainer then restores the last good
+    state it kept, multiplies the learning rate by `cut`, and goes on (train.Trainer.check_window). Spikes are
+    rare; an Adam blow-up multiplies the loss by orders of magnitude within a few steps (docs/SHORT_BUDGET.md: 3.9e8).
+
+    The running mean also gives the 'balanced' task weights w_k = 1 / m_k (scaled to mean 1): each target then
+    contributes its loss relative to its own recent level, the gradient of sum_k log L_k.
+    """
+    factor: float = 10.0
+    decay: float = 0.95
+    cut: float = 0.5
+    min_lr_scale: float = 1e-3
+
+    def is_spike(self, window: list[float], running: list[float] | None) -> bool:
+        if not all(math.isfinite(v) for v in window):
+            return True
+        if running is None:
+            return False
+        return max(v / max(m, 1e-12) for v, m in zip(window, running)) > self.factor
+
+    def update(self, window: list[float], running: list[float] | None) -> list[float]:
+        if running is None:
+            return list(window)
+        return [self.decay * m + (1 - self.decay) * v for v, m in zip(window, running)]
+
+    @staticmethod
+    def weights(running: list[float] | None, mode: str, k: int) -> torch.Tensor:
+        """Task weights [k]: 'equal' (all 1) or 'balanced' (1 / running mean, scaled to mean 1)."""
+        if mode == "equal" or running is None:
+            return torch.ones(k)
+        w = torch.tensor([1 / max(m, 1e-12) for m in running])
+        return w / w.mean()

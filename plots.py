@@ -22,63 +22,91 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, target: str, unit: str,
-                     path: Path, title: str = "") -> None:
-    """Predicted vs. DFT value for every test molecule, with the y = x line and MAE / RMSE / R^2."""
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
-    pad = 0.03 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1, ls="--", label="y = x", zorder=1)
-    if len(y_true) <= 5000:
-        ax.scatter(y_true, y_pred, s=7, alpha=0.45, color="tab:blue", linewidths=0, zorder=2)
-    else:  # too many points to see: show the density
-        from matplotlib.colors import LogNorm
+def _grid(k: int, size: tuple[float, float]) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure with k panels, at most four per row, each `size` inches."""
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in axes.flat[k:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:k])
 
-        hb = ax.hexbin(y_true, y_pred, gridsize=80, norm=LogNorm(), cmap="viridis", mincnt=1, zorder=2)
-        fig.colorbar(hb, ax=ax, label="molecules per hexagon", format="%d")
-    ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_aspect("equal")
-    ax.set_xlabel(f"DFT {target} ({unit})")
-    ax.set_ylabel(f"SchNet {target} ({unit})")
-    text = (f"MAE  {metrics['mae']:.4g} {unit}\nRMSE {metrics['rmse']:.4g} {unit}\nR$^2$   {metrics['r2']:.4f}\n"
-            f"n = {len(y_true):,} test molecules")
-    ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", family="monospace", fontsize=8.5,
-            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title or f"QM9 {target}: test set")
+
+def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, dict], path: Path,
+                     title: str = "") -> None:
+    """Predicted vs. DFT value for every test molecule, one panel per target (columns of y_true, y_pred [M, K];
+    `metrics` maps each target's name, in order, to its mae, rmse, r2 and unit), with the y = x line."""
+    fig, axes = _grid(len(metrics), (4.6, 4.4) if len(metrics) > 1 else (5.6, 5.2))
+    for k, (ax, (target, m)) in enumerate(zip(axes, metrics.items())):
+        t, p, unit = y_true[:, k], y_pred[:, k], m["unit"]
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        pad = 0.03 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1, ls="--", label="y = x", zorder=1)
+        if len(t) <= 5000:
+            ax.scatter(t, p, s=7, alpha=0.45, color="tab:blue", linewidths=0, zorder=2)
+        else:  # too many points to see: show the density
+            from matplotlib.colors import LogNorm
+
+            hb = ax.hexbin(t, p, gridsize=70, norm=LogNorm(), cmap="viridis", mincnt=1, zorder=2)
+            fig.colorbar(hb, ax=ax, label="molecules per hexagon", format="%d", shrink=0.8)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"DFT {target} ({unit})")
+        ax.set_ylabel(f"SchNet {target} ({unit})")
+        text = f"MAE  {m['mae']:.4g} {unit}\nRMSE {m['rmse']:.4g} {unit}\nR$^2$   {m['r2']:.4f}"
+        ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", family="monospace", fontsize=8,
+                bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+        ax.legend(loc="lower right", fontsize=8)
+        if len(metrics) > 1:
+            ax.set_title(target)
+    heading = (title or "QM9 test set") + f" (n = {len(y_true):,})"
+    if len(metrics) > 1:
+        fig.suptitle(heading)
+        fig.tight_layout()
+    else:
+        axes[0].set_title(heading)
     save_figure(fig, path)
 
 
-def plot_loss_curve(history: list[dict], unit: str, path: Path, title: str = "") -> None:
-    """Training MAE (running mean over each epoch, while the weights change) and validation MAE against epochs,
-    in the target's unit on a log scale, with the learning rate on a second axis. When the validated weights are
-    a moving average, the raw weights' validation MAE is drawn too, dashed."""
+def plot_loss_curve(history: list[dict], units: dict[str, str], path: Path, title: str = "") -> None:
+    """Per target (`units` maps its name to its unit), one panel: training MAE (running mean over each epoch,
+    while the weights change) and validation MAE against epochs, on a log scale, with the learning rate on a
+    second axis. When the validated weights are a moving average, the raw weights' validation MAE is drawn too,
+    dashed."""
     x = [h["epochs_done"] for h in history]  # fractional when a time budget ended the last epoch early
-    val = [h["val_mae"] for h in history]
-    fig, ax = plt.subplots(figsize=(6.6, 4.2))
-    ax.plot(x, [h["train_mae"] for h in history], "o-", ms=3, color="tab:blue", label="train MAE")
-    averaged = any(h["val_mae_raw"] != h["val_mae"] for h in history)
-    ax.plot(x, val, "s-", ms=3, color="tab:red", label="validation MAE" + (" (weight average)" if averaged else ""))
-    if averaged:
-        ax.plot(x, [h["val_mae_raw"] for h in history], "--", lw=1, color="tab:orange",
-                label="validation MAE (raw weights)")
-    best = int(np.argmin(val))
-    ax.axvline(x[best], color="0.6", ls=":", lw=1)
-    left = best > len(x) / 2  # keep the label inside the axes
-    ax.annotate(f"best {val[best]:.4g} {unit}", (x[best], val[best]), textcoords="offset points",
-                xytext=(-6 if left else 6, 10), ha="right" if left else "left", fontsize=8)
-    ax.set_xlabel(f"epoch ({history[-1]['minutes']:.1f} min in all)")
-    ax.set_ylabel(f"MAE ({unit})")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    lr_ax = ax.twinx()
-    lr_ax.plot(x, [h["lr"] for h in history], color="0.55", lw=1, ls=":", label="learning rate")
-    lr_ax.set_ylabel("learning rate at epoch end", color="0.45")
-    lr_ax.set_yscale("log")
-    lines = ax.get_lines()[: 3 if averaged else 2] + lr_ax.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
-    ax.set_title(title or "Training")
+    fig, axes = _grid(len(units), (4.6, 3.4) if len(units) > 1 else (6.6, 4.2))
+    for ax, (name, unit) in zip(axes, units.items()):
+        val = [h[f"val_mae_{name}"] for h in history]
+        raw = [h[f"val_mae_raw_{name}"] for h in history]
+        ax.plot(x, [h[f"train_mae_{name}"] for h in history], "o-", ms=3, color="tab:blue", label="train MAE")
+        averaged = raw != val
+        ax.plot(x, val, "s-", ms=3, color="tab:red",
+                label="validation MAE" + (" (weight average)" if averaged else ""))
+        if averaged:
+            ax.plot(x, raw, "--", lw=1, color="tab:orange", label="validation MAE (raw weights)")
+        best = int(np.argmin(np.minimum(val, raw)))
+        ax.axvline(x[best], color="0.6", ls=":", lw=1)
+        left = best > len(x) / 2  # keep the label inside the axes
+        shown = min(val[best], raw[best])
+        ax.annotate(f"best {shown:.4g} {unit}", (x[best], shown), textcoords="offset points",
+                    xytext=(-6 if left else 6, 10), ha="right" if left else "left", fontsize=8)
+        ax.set_xlabel(f"epoch ({history[-1]['minutes']:.1f} min in all)")
+        ax.set_ylabel(f"{name} MAE ({unit})")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        lr_ax = ax.twinx()
+        lr_ax.plot(x, [h["lr"] for h in history], color="0.55", lw=1, ls=":", label="learning rate")
+        lr_ax.set_yscale("log")
+        if ax is axes[0]:
+            lr_ax.set_ylabel("learning rate at epoch end", color="0.45")
+            lines = ax.get_lines()[: 3 if averaged else 2] + lr_ax.get_lines()
+            ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=7)
+    if len(units) > 1:
+        fig.suptitle(title or "Training")
+        fig.tight_layout()
+    else:
+        axes[0].set_title(title or "Training")
     save_figure(fig, path)
 
 

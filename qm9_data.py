@@ -7,7 +7,7 @@ Data flows one way through this module::
 
 The 130,831 molecules are the QM9 release without the 3,054 molecules that failed the authors' geometry
 consistency check, which is exactly the set `torch_geometric.datasets.QM9` holds. `y` has PyG's 19 columns in
-PyG's order and units (see `TARGETS`); energies are converted from Hartree with 27.211386246 eV/Ha.
+PyG's order and units (see `targets.TARGETS`); energies are converted from Hartree with 27.211386246 eV/Ha.
 
 The whole data set is stored as flat tensors (all atoms of all molecules concatenated, with a `ptr` of molecule
 offsets), which is both the cache format and what the training loop batches from: a batch is a few index
@@ -33,35 +33,11 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 import cpu_kernels
+from targets import ATOM_ENERGY_TABLE, HARTREE_TO_EV, TARGETS
 
-HARTREE_TO_EV = 27.211386246
 NUM_MOLECULES = 130_831
 MAX_ATOMS = 29  # the largest QM9 molecule
 CACHE_FORMAT = 1  # bump when the cached tensors change meaning
-
-# name -> (column of y, unit, description). Order and units are those of torch_geometric.datasets.QM9.
-TARGETS: dict[str, tuple[int, str, str]] = {
-    "mu": (0, "D", "dipole moment"),
-    "alpha": (1, "a0^3", "isotropic polarizability"),
-    "homo": (2, "eV", "HOMO energy"),
-    "lumo": (3, "eV", "LUMO energy"),
-    "gap": (4, "eV", "HOMO-LUMO gap"),
-    "r2": (5, "a0^2", "electronic spatial extent"),
-    "zpve": (6, "eV", "zero-point vibrational energy"),
-    "U0": (7, "eV", "internal energy at 0 K"),
-    "U": (8, "eV", "internal energy at 298.15 K"),
-    "H": (9, "eV", "enthalpy at 298.15 K"),
-    "G": (10, "eV", "free energy at 298.15 K"),
-    "cv": (11, "cal/mol K", "heat capacity at 298.15 K"),
-    "U0_atom": (12, "eV", "atomization energy at 0 K"),
-    "U_atom": (13, "eV", "atomization energy at 298.15 K"),
-    "H_atom": (14, "eV", "atomization enthalpy at 298.15 K"),
-    "G_atom": (15, "eV", "atomization free energy at 298.15 K"),
-    "A": (16, "GHz", "rotational constant A"),
-    "B": (17, "GHz", "rotational constant B"),
-    "C": (18, "GHz", "rotational constant C"),
-}
-TARGET_NAMES = list(TARGETS)
 
 # qm9pack column -> (column of y, factor to PyG's unit). Columns 12-15 are derived from 7-10 below.
 _CSV_COLUMNS = {
@@ -83,57 +59,6 @@ _CSV_COLUMNS = {
 }
 
 ELEMENTS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
-
-# Energies of the free atoms at the B3LYP/6-31G(2df,p) level of QM9 (its atomref table), in Hartree,
-# for U0, U, H, G (targets 7-10). Target k+4 (U0_atom, ...) is target k minus the sum over the atoms.
-ATOM_ENERGIES_HARTREE: dict[int, tuple[float, float, float, float]] = {
-    1: (-0.500273, -0.498857, -0.497912, -0.510927),
-    6: (-37.846772, -37.845355, -37.844411, -37.861317),
-    7: (-54.583861, -54.582445, -54.581501, -54.598897),
-    8: (-75.064579, -75.063162, -75.062219, -75.079532),
-    9: (-99.718730, -99.717314, -99.716370, -99.733544),
-}
-
-_ATOM_ENERGY_TABLE = np.zeros((max(ATOM_ENERGIES_HARTREE) + 1, 4))  # [atomic number, U0/U/H/G], Hartree
-for _z, _energies in ATOM_ENERGIES_HARTREE.items():
-    _ATOM_ENERGY_TABLE[_z] = _energies
-
-
-def target_index(target: str | int) -> int:
-    """Column of `y` for a target given by name (case-insensitive) or by index 0-18.
-
-    Raises `ValueError` with the list of valid names for anything else.
-    """
-    names = {name.lower(): idx for name, (idx, _, _) in TARGETS.items()}
-    key = str(target).strip()
-    if key.lstrip("-").isdigit() and 0 <= int(key) < len(TARGETS):
-        return int(key)
-    if key.lower() in names:
-        return names[key.lower()]
-    raise ValueError(f"unknown QM9 target {target!r}: use a name ({', '.join(TARGET_NAMES)}) or an index 0-18")
-
-
-def target_name(target: str | int) -> str:
-    """Canonical name (PyG spelling) of a target given by name or index."""
-    return TARGET_NAMES[target_index(target)]
-
-
-def target_unit(target: str | int) -> str:
-    return TARGETS[target_name(target)][1]
-
-
-def atomref(target: str | int) -> Tensor | None:
-    """Per-element reference values of a target, like `torch_geometric.datasets.QM9.atomref`.
-
-    Returns a float32 tensor of shape [100, 1] indexed by atomic number (eV, the free-atom energy) for the total
-    energies U0, U, H, G (targets 7-10), and `None` for every other target.
-    """
-    idx = target_index(target)
-    if not 7 <= idx <= 10:
-        return None
-    out = torch.zeros(100, 1)
-    out[: len(_ATOM_ENERGY_TABLE), 0] = torch.from_numpy(_ATOM_ENERGY_TABLE[:, idx - 7] * HARTREE_TO_EV)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,7 +132,7 @@ def parse_qm9pack(folder: Path | None = None, progress: bool = True) -> dict[str
                     props[:, col] = df[column].to_numpy(np.float64) * factor
                 # Atomization energies: total energy minus the free atoms' energies (targets 12-15 from 7-10).
                 mol_of_atom = np.repeat(np.arange(len(df)), n_atoms)  # [atoms in chunk]
-                free_atoms = _ATOM_ENERGY_TABLE[z]  # [atoms in chunk, 4], Hartree
+                free_atoms = ATOM_ENERGY_TABLE[z]  # [atoms in chunk, 4], Hartree
                 for k in range(4):
                     ref = np.bincount(mol_of_atom, weights=free_atoms[:, k], minlength=len(df))
                     props[:, 12 + k] = props[:, 7 + k] - ref * HARTREE_TO_EV
@@ -289,7 +214,7 @@ class QM9(torch.utils.data.Dataset):
     `dataset[i]` is a `Data` with
         z    [num_atoms] long      atomic numbers
         pos  [num_atoms, 3] float  positions in Angstrom
-        y    [1, 19] float         targets in PyG's order and units (see `TARGETS`)
+        y    [1, 19] float         targets in PyG's order and units (see `targets.TARGETS`)
         name str                   'gdb_N'
         idx  long                  N - 1, the molecule's position in the full QM9 release (as in PyG)
 

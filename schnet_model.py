@@ -6,8 +6,10 @@ molecules and materials", J. Chem. Phys. 148, 241722 (2018).
 
 A molecule is a set of atoms with atomic numbers z_i and positions r_i. Each atom starts from a learned embedding
 of its element and is refined by interaction blocks that let it see every neighbour within a cutoff, through a
-filter that depends only on the distance d_ij = |r_i - r_j|. The prediction is a sum (or mean) of atom-wise
-contributions, so the model is invariant to rotation, translation and atom order by construction.
+filter that depends only on the distance d_ij = |r_i - r_j|. Each prediction is read out of atom-wise values:
+a sum or mean, or, for the dipole moment and the electronic spatial extent, the paper's physical outputs (the norm
+of a sum of latent charges times positions, a sum weighted by squared distances from the centre of mass). Every
+output is invariant to rotation, translation and atom order by construction.
 
 The layer layout and parameter names follow `torch_geometric.nn.models.SchNet`, so the weights of one load into
 the other one-to-one (tests/test_model.py proves the outputs agree). One difference is for speed, not meaning:
@@ -24,7 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from cpu_kernels import aggregate, gaussians, radius_pairs, shifted_softplus
-from qm9_data import radius_graph
+from ase.data import atomic_masses
+
+from qm9_data import Batcher, radius_graph
+from targets import OUTPUTS, centre_of_mass
 
 # The two configurations used by train.py and train_lite.py (see README.md for why these values).
 FULL_CONFIG = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50, cutoff=10.0)
@@ -138,17 +143,25 @@ def _sum_per_molecule(values: Tensor, batch: Tensor) -> Tensor:
 
 
 class SchNet(nn.Module):
-    r"""SchNet for one scalar property per molecule.
+    r"""SchNet for one or several scalar properties per molecule: one representation, one output per target.
 
     .. math::
         h_i^{(0)} = \mathrm{embedding}(z_i), \qquad h_i^{(t+1)} = h_i^{(t)} + v_i^{(t)} \quad (t < T),
 
-        a_i = \sigma\left(\mathrm{ssp}(W_1 h_i^{(T)} + b_1)\,W_2 + b_2\right) + \mu + \mathrm{atomref}(z_i),
-        \qquad y = \sum_i a_i \ \text{(readout 'add')} \quad \text{or} \quad \frac1n \sum_i a_i \ \text{('mean')}
+        a_{ik} = \sigma_k \left(\mathrm{ssp}(W_1 h_i^{(T)} + b_1)\,W_2 + b_2\right)_k + \mu_k
+                 + \mathrm{atomref}_k(z_i)
 
-    where \sigma, \mu are the target's standardisation (`std`, `mean`) and atomref a per-element reference value
-    (the free atoms' energies for U0, U, H, G). All three are buffers saved with the weights, so a loaded model
-    predicts in physical units with nothing else at hand.
+    and output k reads the atom-wise values a_{ik} out with its own module (`readout[k]`, see targets.py):
+
+    .. math::
+        \text{add: } y = \sum_i a_i, \quad \text{mean: } y = \frac1n \sum_i a_i, \quad
+        \text{spatial\_extent: } y = \sum_i a_i |r_i - R|^2, \quad
+        \text{dipole: } y = \Big|\sum_i q_i (r_i - R)\Big|, \ q_i = a_i - \frac1n \sum_j a_j
+
+    with R the molecule's centre of mass. \sigma_k, \mu_k are output k's standardisation (`std`, `mean`) and
+    atomref a per-element reference value (the free atoms' energies for U0, U, H, G). All are buffers saved with
+    the weights, so a loaded model predicts in physical units with nothing else at hand. With one 'add' or 'mean'
+    output this is exactly PyTorch Geometric's SchNet (`to_pyg`, tests/test_model.py).
 
     Args:
         hidden_channels: size of the atom features h_i.
@@ -157,9 +170,10 @@ class SchNet(nn.Module):
             models (the NeurIPS paper used 3); each block widens an atom's view by one cutoff radius.
         num_gaussians: number of radial basis functions K.
         cutoff: interaction cutoff r_c in Angstrom; pairs farther apart do not interact.
-        readout: 'add' (extensive properties: energies) or 'mean' (intensive ones: orbital energies, gap).
-        mean, std: standardisation of the atom-wise output (per-atom for 'add', per-molecule for 'mean').
-        atomref: [100, 1] per-element reference values added to each atom's contribution, or None.
+        readout: the output module, or a list of them, one per output: 'add' (extensive properties: energies),
+            'mean' (intensive ones: orbital energies, gap), 'dipole', 'spatial_extent'.
+        mean, std: standardisation of each output's atom-wise value (a float, or one per output).
+        atomref: [100, num_outputs] per-element reference values added to each atom's value, or None.
 
     Inputs: z [N] long, pos [N, 3] in Angstrom, batch [N] molecule of each atom (sorted; None = one molecule).
     """
@@ -171,20 +185,24 @@ class SchNet(nn.Module):
         num_interactions: int = 6,
         num_gaussians: int = 50,
         cutoff: float = 10.0,
-        readout: str = "add",
-        mean: float | None = None,
-        std: float | None = None,
+        readout: str | list[str] = "add",
+        mean: float | list[float] | None = None,
+        std: float | list[float] | None = None,
         atomref: Tensor | None = None,
     ) -> None:
         super().__init__()
-        if readout not in ("add", "mean"):
-            raise ValueError(f"readout must be 'add' or 'mean', got {readout!r}")
+        readouts = [readout] if isinstance(readout, str) else list(readout)
+        unknown = [r for r in readouts if r not in OUTPUTS]
+        if unknown or not readouts:
+            raise ValueError(f"readout must be one of {', '.join(OUTPUTS)} (or a list of them), got {readout!r}")
         self.hidden_channels = hidden_channels
         self.num_filters = num_filters
         self.num_interactions = num_interactions
         self.num_gaussians = num_gaussians
         self.cutoff = float(cutoff)
-        self.readout = readout
+        self.readout = readout if isinstance(readout, str) else list(readout)
+        self.readouts = readouts
+        k = len(readouts)
 
         self.atom_embedding = nn.Embedding(100, hidden_channels, padding_idx=0)
         self.distance_expansion = GaussianSmearing(0.0, cutoff, num_gaussians)
@@ -192,12 +210,14 @@ class SchNet(nn.Module):
             InteractionBlock(hidden_channels, num_gaussians, num_filters, cutoff) for _ in range(num_interactions))
         self.lin1 = nn.Linear(hidden_channels, hidden_channels // 2)
         self.act = ShiftedSoftplus()
-        self.lin2 = nn.Linear(hidden_channels // 2, 1)
+        self.lin2 = nn.Linear(hidden_channels // 2, k)
 
-        self.register_buffer("mean", torch.tensor(0.0 if mean is None else float(mean)))
-        self.register_buffer("std", torch.tensor(1.0 if std is None else float(std)))
-        atomref = torch.zeros(100, 1) if atomref is None else atomref.detach().float().view(100, 1)
+        self.register_buffer("mean", torch.zeros(k) if mean is None else torch.tensor(mean).float().reshape(k))
+        self.register_buffer("std", torch.ones(k) if std is None else torch.tensor(std).float().reshape(k))
+        atomref = torch.zeros(100, k) if atomref is None else atomref.detach().float().reshape(100, k)
         self.register_buffer("atomref", atomref)
+        # atomic masses for the centre of mass (dipole, spatial extent); a constant, not saved with the weights
+        self.register_buffer("masses", torch.tensor(atomic_masses[:100], dtype=torch.float32), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -230,36 +250,62 @@ class SchNet(nn.Module):
         return self.act(self.lin1(h))
 
     def atom_contributions(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
-        """Per-atom terms of the prediction, in the target's unit: [N]. They sum, per molecule, to `forward`."""
+        """Per-atom terms of each output, in its unit: [N, num_outputs]; per molecule they sum to `forward`.
+
+        add: a_i; mean: a_i / n; spatial_extent: a_i |r_i - R|^2; dipole: q_i (r_i - R) . mu_hat, the atom's
+        share of the dipole along the molecule's dipole direction (these add up to |mu|).
+        """
         batch = torch.zeros_like(z) if batch is None else batch
-        a = self.lin2(self._atom_features(z, pos, batch)).squeeze(-1)  # [N]
-        a = a * self.std + self.mean + self.atomref[z, 0]
-        if self.readout == "mean":
-            a = a / torch.bincount(batch)[batch]
-        return a
+        a = self.lin2(self._atom_features(z, pos, batch))  # [N, K]
+        a = a * self.std + self.mean + self.atomref[z]  # [N, K]
+        if all(r == "add" for r in self.readouts):
+            return a
+        num_graphs = int(batch[-1]) + 1
+        n = torch.bincount(batch, minlength=num_graphs).to(a.dtype)  # [B]
+        r = None  # [N, 3] positions from the centre of mass, when an output needs them
+        if any(kind in ("dipole", "spatial_extent") for kind in self.readouts):
+            r = pos - centre_of_mass(pos, self.masses[z].to(pos.dtype), batch, num_graphs)[batch]
+        columns = []
+        for k, kind in enumerate(self.readouts):
+            ak = a[:, k]  # [N]
+            if kind == "mean":
+                ak = ak / n[batch]
+            elif kind == "spatial_extent":
+                ak = ak * r.square().sum(-1)
+            elif kind == "dipole":
+                q = ak - (ak.new_zeros(num_graphs).index_add_(0, batch, ak) / n)[batch]  # [N], sums to 0
+                mu = _sum_per_molecule(q[:, None] * r, batch)  # [B, 3]
+                direction = mu / mu.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, 3]; 0 for a zero dipole
+                ak = q * (r * direction[batch]).sum(-1)
+            columns.append(ak)
+        return torch.stack(columns, dim=1)
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
-        """Prediction per molecule: [num_graphs, 1]."""
+        """Prediction per molecule: [num_graphs, num_outputs]."""
         batch = torch.zeros_like(z) if batch is None else batch
-        return _sum_per_molecule(self.atom_contributions(z, pos, batch).unsqueeze(-1), batch)
+        return _sum_per_molecule(self.atom_contributions(z, pos, batch), batch)
 
     def embedding(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
-        """Learned molecule representation: the readout ('add' or 'mean') of the atom features that the output
-        layer maps linearly to the atom contributions. [num_graphs, hidden_channels // 2]; used for t-SNE."""
+        """Learned molecule representation: the sum (a single 'add' output) or else the mean of the atom features
+        that the output layer maps linearly to the atom-wise values. [num_graphs, hidden_channels // 2]; t-SNE."""
         batch = torch.zeros_like(z) if batch is None else batch
         out = _sum_per_molecule(self._atom_features(z, pos, batch), batch)  # [B, D]
-        if self.readout == "mean":
+        if self.readouts != ["add"]:
             out = out / torch.bincount(batch, minlength=out.size(0)).clamp(min=1).unsqueeze(-1)
         return out
 
     def to_pyg(self) -> nn.Module:
         """The same function as a `torch_geometric.nn.models.SchNet`, with this model's weights copied in.
 
-        The layouts match name for name except three: our `atom_embedding` is PyG's `embedding` (the name here
+        Only for one 'add' or 'mean' output, the readouts PyG has. The layouts match name for name except three:
+        our `atom_embedding` is PyG's `embedding` (the name here
         belongs to the `embedding()` method), and PyG keeps mean/std as floats and atomref as an Embedding.
         PyG's own radius graph needs pyg-lib, so the copy is given ours as its `interaction_graph`.
         """
         from torch_geometric.nn.models import SchNet as PyGSchNet
+
+        if self.readout not in ("add", "mean"):
+            raise ValueError(f"PyG's SchNet has one 'add' or 'mean' output; this model has {self.readout!r}")
 
         cutoff = self.cutoff
 
@@ -270,7 +316,7 @@ class SchNet(nn.Module):
         atomref = self.atomref.detach().clone() if bool(self.atomref.any()) else None
         ref = PyGSchNet(self.hidden_channels, self.num_filters, self.num_interactions, self.num_gaussians,
                         self.cutoff, interaction_graph=interaction_graph, readout=self.readout,
-                        mean=float(self.mean), std=float(self.std), atomref=atomref)
+                        mean=float(self.mean[0]), std=float(self.std[0]), atomref=atomref)
         state = {("embedding." + k[len("atom_embedding."):] if k.startswith("atom_embedding.") else k): v
                  for k, v in self.state_dict().items() if k not in ("mean", "std", "atomref")}
         if atomref is not None:
@@ -283,6 +329,19 @@ class SchNet(nn.Module):
         return (f"{self.__class__.__name__}(hidden_channels={self.hidden_channels}, "
                 f"num_filters={self.num_filters}, num_interactions={self.num_interactions}, "
                 f"num_gaussians={self.num_gaussians}, cutoff={self.cutoff:g}, readout={self.readout!r})")
+
+
+@torch.no_grad()
+def predict(model: SchNet, batcher: Batcher, mols: Tensor, batch_size: int, embeddings: bool = False) -> Tensor:
+    """Predictions [M, num_outputs] (or embeddings [M, D]) for molecules `mols` [M], in batches of `batch_size`,
+    on the batcher's device; returned as float32 on the CPU. Leaves the model in training mode."""
+    model.eval()
+    out = []
+    for chunk in mols.split(batch_size):
+        b = batcher(chunk)
+        out.append(model.embedding(b.z, b.pos, b.batch) if embeddings else model(b.z, b.pos, b.batch))
+    model.train()
+    return torch.cat(out).float().cpu()
 
 
 def count_parameters(model: nn.Module) -> int:

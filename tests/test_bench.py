@@ -31,6 +31,16 @@ def test_lite_rows(tmp_path: Path, qm9) -> None:
     assert "| lite | CPU" in proc.stdout
 
 
+def test_multi_target_step_is_timed_beside_the_one_target_step(tmp_path: Path, qm9) -> None:
+    out = tmp_path / "bench.json"
+    proc = bench("--config", "lite", "--steps", "4", "--rounds", "2", "--warmup", "1", "--multi-target",
+                 "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())[0]
+    assert row["ours_all_mol_s"] > 0 and row["all_vs_one"] == pytest.approx(row["ours_all_mol_s"] / row["ours_mol_s"])
+    assert "ours with all twelve targets" in proc.stdout
+
+
 @pytest.mark.parametrize("flags,message", [(["--steps", "1", "--rounds", "2"], "--steps (1) must be at least"),
                                            (["--rounds", "0"], "--rounds must be positive"),
                                            (["--warmup", "-1"], "--warmup must be non-negative")])

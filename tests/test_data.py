@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import qm9_data
-from qm9_data import HARTREE_TO_EV, QM9, TARGETS
+import targets
+from qm9_data import QM9
+from targets import HARTREE_TO_EV, TARGETS
 
 HA = 27.211386246  # eV per Hartree, written out here on purpose rather than imported
 
@@ -80,24 +82,69 @@ def test_atomization_energies_are_total_minus_atomref(qm9: QM9) -> None:
     mols = torch.arange(0, len(qm9), 997)
     b = qm9_data.Batcher(qm9)(mols)
     for k, name in enumerate(["U0", "U", "H", "G"]):
-        ref = qm9_data.atomref(name)
+        ref = targets.atomref(name)
         assert ref.shape == (100, 1)
         per_mol = torch.zeros(len(mols), dtype=torch.float64).index_add_(0, b.batch, ref[b.z, 0].double())
         atomization = b.y[:, 7 + k].double() - per_mol
         torch.testing.assert_close(b.y[:, 12 + k].double(), atomization, atol=2e-3, rtol=0)  # float32 of ~-1e4 eV
     # PyG's published H reference energy for U0, to the digits it prints
-    assert qm9_data.atomref("U0")[1, 0].item() == pytest.approx(-13.61312172, abs=1e-5)
-    assert qm9_data.atomref("gap") is None and qm9_data.atomref("U0_atom") is None
+    assert targets.atomref("U0")[1, 0].item() == pytest.approx(-13.61312172, abs=1e-5)
+    assert targets.atomref("gap") is None and targets.atomref("U0_atom") is None
 
 
 def test_target_names() -> None:
-    assert qm9_data.target_index("gap") == 4 and qm9_data.target_index("GAP") == 4
-    assert qm9_data.target_index("u0") == 7 and qm9_data.target_index("U0_atom") == 12
-    assert qm9_data.target_index(18) == 18 and qm9_data.target_index("3") == 3
-    assert [TARGETS[n][0] for n in TARGETS] == list(range(19))
+    assert targets.target_index("gap") == 4 and targets.target_index("GAP") == 4
+    assert targets.target_index("u0") == 7 and targets.target_index("U0_atom") == 12
+    assert targets.target_index(18) == 18 and targets.target_index("3") == 3
+    assert [TARGETS[n].column for n in TARGETS] == list(range(19))
     for bad in ["bandgap", 19, -1, ""]:
         with pytest.raises(ValueError, match="unknown QM9 target .*gap, r2"):
-            qm9_data.target_index(bad)
+            targets.target_index(bad)
+
+
+def test_target_lists() -> None:
+    assert targets.parse("all") == ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv"]
+    assert targets.parse("GAP, u0") == ["gap", "U0"] and targets.parse("4") == ["gap"]
+    for bad, match in [("gap,gap", "twice"), ("gap,bandgap", "unknown QM9 target"), (",", "empty")]:
+        with pytest.raises(ValueError, match=match):
+            targets.parse(bad)
+    assert targets.readouts(["mu", "r2", "gap", "U0"]) == ["dipole", "spatial_extent", "mean", "add"]
+    assert targets.readouts(["mu", "r2", "gap", "U0"], "plain") == ["mean", "add", "mean", "add"]
+    extensive = [n for n in targets.STANDARD if targets.TARGETS[n].extensive]
+    assert extensive == ["alpha", "r2", "zpve", "U0", "U", "H", "G", "cv"]
+
+
+def test_normalisation_comes_from_the_given_molecules_and_matches_its_definition(qm9: QM9) -> None:
+    """Each target's standardisation: U0 per atom after the free atoms' energies, gap per molecule, r2 per unit of
+    squared distance from the centre of mass; loss scales are the spreads of what the network must learn."""
+    from schnet_model import SchNet
+
+    train = torch.arange(0, 5000, 3)
+    b = qm9_data.Batcher(qm9)(train)
+    names = ["U0", "gap", "r2", "mu"]
+    outputs = targets.readouts(names)
+    y = b.y[:, [7, 4, 5, 0]]
+    norm = targets.normalisation(names, outputs, b.z, b.pos, b.batch, y, SchNet().masses)
+    n = torch.bincount(b.batch).double()
+    free = torch.zeros(len(train), dtype=torch.float64).index_add_(0, b.batch, targets.atomref("U0")[b.z, 0].double())
+    assert norm["mean"][0] == pytest.approx(float(((y[:, 0].double() - free) / n).mean()), rel=1e-9)
+    assert norm["loss_scale"][0] == pytest.approx(float((y[:, 0].double() - free).std()), rel=1e-9)
+    assert 5 < norm["loss_scale"][0] < 15  # atomization energies spread over ~10 eV, totals over ~1000 eV
+    assert norm["mean"][1] == pytest.approx(float(y[:, 1].double().mean()), rel=1e-9)
+    assert norm["atomref"][0] is not None and norm["atomref"][1] is None
+    assert norm["mean"][3] == 0.0 and norm["std"][3] == 1.0
+    from ase.data import atomic_masses  # r2: per unit of sum_i |r_i - R|^2, R the centre of mass
+
+    m = torch.tensor(atomic_masses, dtype=torch.float64)[b.z]
+    com = torch.zeros(len(train), 3, dtype=torch.float64).index_add_(0, b.batch, m[:, None] * b.pos.double())
+    com = com / torch.zeros(len(train), dtype=torch.float64).index_add_(0, b.batch, m)[:, None]
+    spread = torch.zeros(len(train), dtype=torch.float64).index_add_(
+        0, b.batch, (b.pos.double() - com[b.batch]).square().sum(1))
+    assert norm["mean"][2] == pytest.approx(float((y[:, 2].double() / spread).mean()), rel=1e-9)
+    assert norm["std"][2] == pytest.approx(float((y[:, 2].double() / spread).std()), rel=1e-9)
+    other = targets.normalisation(names, outputs, b.z[:100], b.pos[:100], b.batch[:100], y[:int(b.batch[99]) + 1],
+                                  SchNet().masses)
+    assert other["mean"][1] != norm["mean"][1]  # it depends on the molecules it is given, nothing else
 
 
 def test_cache_second_load_is_fast_and_equal(qm9: QM9) -> None:

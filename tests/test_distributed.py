@@ -35,7 +35,7 @@ def run(cmd: list[str], tmp: Path, check: bool = True, **env: str) -> subprocess
 
 
 def reported_mae(tmp: Path) -> float:
-    return json.loads((tmp / "results" / "metrics_lite.json").read_text())["test"]["mae"]
+    return json.loads((tmp / "results" / "metrics_lite.json").read_text())["test"]["gap"]["mae"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_two_processes_take_the_same_steps_as_one(one_process: Path, tmp_path: P
     """--batch-size is the global batch: 2 gloo processes (through run_lite.sh) end with the parameters and test
     MAE of 1 process."""
     proc = run(["bash", "run_lite.sh", *SMALL], tmp_path, NPROC="2")
-    assert proc.stdout.count("test (60 molecules") == 1  # only rank 0 prints
+    assert proc.stdout.count("test gap (60 molecules") == 1  # only rank 0 prints
     assert f"2 processes, {max(1, len(os.sched_getaffinity(0)) // 2)} thread(s) each" in proc.stdout
     two = torch.load(tmp_path / "checkpoints" / "last_lite.pth", weights_only=True)
     one = torch.load(one_process / "checkpoints" / "last_lite.pth", weights_only=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import qm9_data
+import targets
 from qm9_data import Batcher, QM9
 from schnet_model import FULL_CONFIG, LITE_CONFIG, SchNet
 
@@ -33,7 +34,7 @@ def random_rotation(seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("normalised", [False, True])
 def test_equals_pyg_reference(batch, readout: str, normalised: bool) -> None:
     torch.manual_seed(0)
-    kwargs = dict(mean=-4.2, std=0.37, atomref=qm9_data.atomref("U0")) if normalised else {}
+    kwargs = dict(mean=-4.2, std=0.37, atomref=targets.atomref("U0")) if normalised else {}
     ours = SchNet(**SMALL, readout=readout, **kwargs).double()
     ref = ours.to_pyg()
     assert type(ref).__module__ == "torch_geometric.nn.models.schnet"
@@ -79,14 +80,75 @@ def test_molecules_in_a_batch_do_not_see_each_other(qm9: QM9) -> None:
 @pytest.mark.parametrize("readout", ["add", "mean"])
 def test_atom_contributions_and_embedding(batch, readout: str) -> None:
     torch.manual_seed(0)
-    model = SchNet(**SMALL, readout=readout, mean=1.0, std=2.0, atomref=qm9_data.atomref("U")).double()
+    model = SchNet(**SMALL, readout=readout, mean=1.0, std=2.0, atomref=targets.atomref("U")).double()
     pos = batch.pos.double()
     contributions = model.atom_contributions(batch.z, pos, batch.batch)
-    assert contributions.shape == (len(batch.z),)
-    summed = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, batch.batch, contributions)
-    torch.testing.assert_close(summed, model(batch.z, pos, batch.batch)[:, 0])
+    assert contributions.shape == (len(batch.z), 1)
+    summed = torch.zeros(batch.num_graphs, 1, dtype=torch.float64).index_add_(0, batch.batch, contributions)
+    torch.testing.assert_close(summed, model(batch.z, pos, batch.batch))
     emb = model.embedding(batch.z, pos, batch.batch)
     assert emb.shape == (batch.num_graphs, SMALL["hidden_channels"] // 2)
+
+
+ALL_OUTPUTS = ["dipole", "add", "mean", "spatial_extent"]
+
+
+def test_physical_outputs_are_invariant_and_add_up(batch) -> None:
+    """The dipole and spatial-extent outputs: invariant to rotation, translation and atom order; their atom terms
+    sum to the prediction; the dipole is the norm of a sum of neutral charges times positions."""
+    torch.manual_seed(0)
+    model = SchNet(**SMALL, readout=ALL_OUTPUTS, mean=[0.0, 1.0, -2.0, 3.0], std=[1.0, 2.0, 0.5, 1.5]).double()
+    pos = batch.pos.double()
+    out = model(batch.z, pos, batch.batch)
+    assert out.shape == (batch.num_graphs, 4) and bool((out[:, 0] >= 0).all())
+    moved = pos @ random_rotation(3).T + torch.tensor([-40.0, 2.5, 9.0], dtype=torch.float64)
+    torch.testing.assert_close(model(batch.z, moved, batch.batch), out)
+    perm = torch.randperm(len(pos), generator=torch.Generator().manual_seed(4))
+    perm = perm[torch.argsort(batch.batch[perm], stable=True)]
+    torch.testing.assert_close(model(batch.z[perm], pos[perm], batch.batch[perm]), out)
+    terms = model.atom_contributions(batch.z, pos, batch.batch)
+    summed = torch.zeros_like(out).index_add_(0, batch.batch, terms)
+    torch.testing.assert_close(summed, out)
+    # the dipole from its definition: charges a_i - mean_i a_i about any origin, here the raw coordinates
+    a = model.lin2(model._atom_features(batch.z, pos, batch.batch))[:, 0] * model.std[0] + model.mean[0]
+    n = torch.bincount(batch.batch).double()
+    q = a - (torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, batch.batch, a) / n)[batch.batch]
+    mu = torch.zeros(batch.num_graphs, 3, dtype=torch.float64).index_add_(0, batch.batch, q[:, None] * pos)
+    torch.testing.assert_close(out[:, 0], mu.norm(dim=1))
+    # r2 from its definition: atom-wise values times squared distances from the centre of mass (ASE's masses)
+    from ase.data import atomic_masses
+
+    a3 = model.lin2(model._atom_features(batch.z, pos, batch.batch))[:, 3] * model.std[3] + model.mean[3]
+    m = torch.tensor(atomic_masses, dtype=torch.float64)[batch.z]
+    mass = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, batch.batch, m)
+    com = torch.zeros(batch.num_graphs, 3, dtype=torch.float64).index_add_(0, batch.batch, m[:, None] * pos)
+    d2 = (pos - (com / mass[:, None])[batch.batch]).square().sum(1)
+    r2 = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, batch.batch, a3 * d2)
+    torch.testing.assert_close(out[:, 3], r2)
+
+
+def test_outputs_share_one_representation(batch) -> None:
+    """A multi-output model's k-th output is the single-output model whose last layer is row k of its last layer."""
+    torch.manual_seed(0)
+    multi = SchNet(**SMALL, readout=["mean", "add"], mean=[1.0, -3.0], std=[2.0, 0.5],
+                   atomref=torch.cat([torch.zeros(100, 1), targets.atomref("U0")], 1)).double()
+    single = SchNet(**SMALL, readout="add", mean=-3.0, std=0.5, atomref=targets.atomref("U0")).double()
+    state = multi.state_dict()
+    state.update({"lin2.weight": state["lin2.weight"][1:], "lin2.bias": state["lin2.bias"][1:],
+                  "mean": state["mean"][1:], "std": state["std"][1:], "atomref": state["atomref"][:, 1:]})
+    single.load_state_dict(state)
+    pos = batch.pos.double()
+    torch.testing.assert_close(multi(batch.z, pos, batch.batch)[:, 1:], single(batch.z, pos, batch.batch))
+
+
+def test_dipole_of_a_single_atom_is_zero_with_finite_gradients() -> None:
+    torch.manual_seed(0)
+    model = SchNet(**SMALL, readout=["dipole", "spatial_extent"])
+    pos = torch.tensor([[0.1, 0.2, 0.3]], requires_grad=True)
+    out = model(torch.tensor([6]), pos)
+    assert out[0, 0].item() == 0.0
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_every_parameter_gets_a_finite_nonzero_gradient(batch) -> None:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint as ckpt_io
 import predict
 import qm9_data
-import train
+from schnet_model import predict as predict_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,14 +42,14 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_same_prediction_as_training_evaluation(checkpoint: Path, qm9, tmp_path: Path) -> None:
     ckpt = torch.load(checkpoint, weights_only=True)
     test = ckpt["split"]["test"][:5]
-    expected = train.predict(train.model_from_checkpoint(ckpt), qm9_data.Batcher(qm9), test, 64).numpy()
+    expected = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(qm9), test, 64)[:, 0].numpy()
     files = []
     for k, i in enumerate(test.tolist()):
         ase.io.write(tmp_path / f"m{k}.xyz", atoms_of(qm9, i))
         files.append(str(tmp_path / f"m{k}.xyz"))
     rows = predict.main(["--checkpoint", str(checkpoint), "--device", "cpu", *files])
-    np.testing.assert_allclose([r["prediction"] for r in rows], expected, rtol=1e-5, atol=1e-5)
-    assert all(r["target"] == "gap" and r["unit"] == "eV" for r in rows)
+    np.testing.assert_allclose([r["gap"] for r in rows], expected, rtol=1e-5, atol=1e-5)
+    assert all(list(r) == ["file", "frame", "formula", "atoms", "gap", "note"] for r in rows)
 
 
 def test_rotated_translated_copy_and_multiframe_file(checkpoint: Path, qm9, tmp_path: Path) -> None:
@@ -60,20 +61,20 @@ def test_rotated_translated_copy_and_multiframe_file(checkpoint: Path, qm9, tmp_
     rows = predict.main(["--checkpoint", str(checkpoint), "--device", "cpu", "--csv", str(tmp_path / "out.csv"),
                          "--per-atom", "--output-dir", str(tmp_path / "res"), str(tmp_path / "two.extxyz")])
     assert [r["frame"] for r in rows] == [0, 1, 2]
-    assert rows[0]["prediction"] == pytest.approx(rows[1]["prediction"], abs=1e-5)
-    assert rows[0]["prediction"] != pytest.approx(rows[2]["prediction"], abs=1e-5)
+    assert rows[0]["gap"] == pytest.approx(rows[1]["gap"], abs=1e-5)
+    assert rows[0]["gap"] != pytest.approx(rows[2]["gap"], abs=1e-5)
     assert (tmp_path / "out.csv").read_text().count("\n") == 4
     assert sorted(p.name for p in (tmp_path / "res").glob("*.png")) == [
         f"atom_contributions_two_{k}.png" for k in range(3)]
 
 
 def test_per_atom_contributions_sum_to_prediction(checkpoint: Path, qm9) -> None:
-    model = train.model_from_checkpoint(torch.load(checkpoint, weights_only=True))
+    model = ckpt_io.build_model(torch.load(checkpoint, weights_only=True))
     mols = [predict.Molecule("x", k, "", atoms_of(qm9, i).numbers, atoms_of(qm9, i).positions)
             for k, i in enumerate([3, 999, 5000])]
     preds, contributions = predict.predict_molecules(model, mols, torch.device("cpu"), batch_size=2)
-    assert [len(c) for c in contributions] == [len(m.z) for m in mols]
-    np.testing.assert_allclose([c.sum() for c in contributions], preds, rtol=1e-5)
+    assert [c.shape for c in contributions] == [(len(m.z), 1) for m in mols]
+    np.testing.assert_allclose([c.sum(0) for c in contributions], preds, rtol=1e-5)
 
 
 def test_large_molecules_are_flagged(checkpoint: Path, qm9, tmp_path: Path) -> None:
@@ -144,27 +145,30 @@ def test_shipped_model_reproduces_its_recorded_test_mae(target: str, column: int
     path = predict.SHIPPED[target]
     ckpt = torch.load(path, weights_only=True)
     assert path.stat().st_size < 8e6 and "optimizer" not in ckpt
-    assert ckpt["target"] == target and ckpt["unit"] == "eV" and ckpt["subset_size"] is None
+    assert ckpt["target"] == target and ckpt["unit"] == "eV" and ckpt["subset_size"] is None  # the single-target layout
     assert [len(ckpt["split"][k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
     torch.testing.assert_close(ckpt["split"]["test"], qm9_data.split_indices(len(qm9), None, seed=ckpt["seed"])["test"])
     assert ckpt["command"].startswith(f"python train.py --target {target}")
     assert ckpt["epochs_done"] > 0 and ckpt["minutes"] > 0
-    model = train.model_from_checkpoint(ckpt)
+    ckpt = ckpt_io.load(path)
+    model = ckpt_io.build_model(ckpt)
     test = ckpt["split"]["test"]
-    pred = train.predict(model, qm9_data.Batcher(qm9), test, 512)
+    pred = predict_batches(model, qm9_data.Batcher(qm9), test, 512)[:, 0]
     mae = float((pred.double() - qm9.y[test, column].double()).abs().mean())
     assert mae == pytest.approx(ckpt["metrics"]["test_mae"], rel=1e-4)
+    assert ckpt_io.test_mae(ckpt) == {target: ckpt["metrics"]["test_mae"]}
 
 
 def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
-    for flags, target in (([], "gap"), (["--target", "U0"], "U0")):
+    for flags, target in ((["--target", "gap"], "gap"), (["--target", "U0"], "U0")):
         proc = run([*flags, "--device", "cpu", "m.xyz"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         shown = os.path.relpath(predict.SHIPPED[target], tmp_path)
         assert f"model: {shown} (SchNet, {target} in eV, test MAE" in proc.stdout and f"{target} (eV)" in proc.stdout
     dft = float(qm9.y[100, 4])
-    shown = float(run(["--device", "cpu", "m.xyz"], tmp_path).stdout.strip().splitlines()[-1].split()[4])
+    last_row = run(["--target", "gap", "--device", "cpu", "m.xyz"], tmp_path).stdout.strip().splitlines()[-1]
+    shown = float(last_row.split()[4])
     assert abs(shown - dft) < 0.5  # a trained model, not a random one: within 0.5 eV of the DFT gap
 
 
@@ -172,3 +176,53 @@ def test_target_and_checkpoint_must_agree(checkpoint: Path, qm9, tmp_path: Path)
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
     proc = run(["--checkpoint", str(checkpoint), "--target", "U0", "m.xyz"], tmp_path)
     assert proc.returncode != 0 and "predicts gap, not U0" in proc.stderr.strip().splitlines()[0]
+    proc = run(["--checkpoint", str(checkpoint), "--target", "all", "m.xyz"], tmp_path)
+    assert proc.returncode != 0 and "predicts only gap" in proc.stderr.strip().splitlines()[0]
+
+
+@pytest.fixture(scope="module")
+def multi_checkpoint(tmp_path_factory, qm9) -> Path:
+    """A lite model of all twelve targets (the physical dipole and spatial-extent outputs among them)."""
+    tmp = tmp_path_factory.mktemp("multi")
+    subprocess.run([sys.executable, "train_lite.py", "--target", "all", "--subset-size", "300", "--epochs", "1",
+                    "--tsne-samples", "20", "--device", "cpu", "--output-dir", str(tmp / "results"),
+                    "--checkpoint-dir", str(tmp), "--data-dir", str(REPO / "data")], cwd=REPO, check=True,
+                   capture_output=True)
+    return tmp / "best_model_lite.pth"
+
+
+def test_a_multi_target_checkpoint_prints_every_property(multi_checkpoint: Path, qm9, tmp_path: Path) -> None:
+    """One row per structure, a column per property with its unit in the header; the CSV names the columns by
+    target; the values are the model's outputs; --target picks one; --per-atom terms add up for every output."""
+    ckpt = torch.load(multi_checkpoint, weights_only=True)
+    test = ckpt["split"]["test"][:3]
+    expected = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(qm9), test, 64).numpy()  # [3, 12]
+    for k, i in enumerate(test.tolist()):
+        ase.io.write(tmp_path / f"m{k}.xyz", atoms_of(qm9, i))
+    files = [f"m{k}.xyz" for k in range(3)]
+    proc = run(["--checkpoint", str(multi_checkpoint), "--csv", "out.csv", *files], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.splitlines()[1]
+    for unit_header in ("mu (D)", "alpha (a0^3)", "gap (eV)", "r2 (a0^2)", "U0 (eV)", "cv (cal/mol K)"):
+        assert unit_header in header
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    names = ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv"]
+    assert list(rows[0]) == ["file", "frame", "formula", "atoms", *names, "note"]
+    np.testing.assert_allclose([[float(r[n]) for n in names] for r in rows], expected, rtol=1e-5, atol=1e-4)
+    one = predict.main(["--checkpoint", str(multi_checkpoint), "--target", "cv", "--device", "cpu",
+                        str(tmp_path / "m0.xyz")])
+    assert list(one[0]) == ["file", "frame", "formula", "atoms", "cv", "note"]
+    model = ckpt_io.build_model(ckpt)
+    mols = [predict.Molecule("x", 0, "", atoms_of(qm9, i).numbers, atoms_of(qm9, i).positions) for i in test.tolist()]
+    preds, contributions = predict.predict_molecules(model, mols, torch.device("cpu"))
+    np.testing.assert_allclose(np.stack([c.sum(0) for c in contributions]), preds, rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_or_unshipped_target(qm9, tmp_path: Path) -> None:
+    ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
+    proc = run(["--target", "bandgap", "m.xyz"], tmp_path)
+    assert proc.returncode != 0 and "unknown QM9 target 'bandgap'" in proc.stderr.strip().splitlines()[0]
+    proc = run(["--target", "cv", "m.xyz"], tmp_path)
+    assert proc.returncode != 0 and "no model for cv is shipped" in proc.stderr.strip().splitlines()[0]

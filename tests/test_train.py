@@ -13,9 +13,11 @@ import matplotlib.image
 import pytest
 import torch
 
+import checkpoint
 import optim
 import qm9_data
 import train
+from schnet_model import predict
 from conftest import wait_for_mid_epoch_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def run(cmd: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedPr
 def lite_run(tmp_path_factory, qm9) -> Path:
     tmp = tmp_path_factory.mktemp("lite")
     proc = run(["bash", "run_lite.sh", *TINY], tmp)
-    assert "test (30 molecules" in proc.stdout
+    assert "test gap (30 molecules" in proc.stdout
     return tmp
 
 
@@ -46,13 +48,14 @@ def test_lite_run_writes_figures_metrics_and_checkpoint(lite_run: Path) -> None:
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
         assert image[..., :3].std() > 0.05, f"{name} is blank"
     metrics = json.loads((results / "metrics_lite.json").read_text())
-    for key in ("mae", "rmse", "r2", "mae_meV"):
-        assert math.isfinite(metrics["test"][key])
-    assert metrics["unit"] == "eV" and metrics["target"] == "gap" and metrics["epochs_run"] == 2
+    for key in ("mae", "rmse", "r2"):
+        assert math.isfinite(metrics["test"]["gap"][key])
+    assert metrics["test"]["gap"]["unit"] == "eV" and metrics["target"] == "gap" and metrics["epochs_run"] == 2
     assert metrics["split"] == {"seed": 0, "subset_size": 300, "train": 240, "val": 30, "test": 30}
     assert metrics["parameters"] > 0 and metrics["peak_memory_mb"] > 0 and metrics["wall_time_s"] > 0
     history = (results / "history_lite.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,train_loss,train_mae,val_mae,val_mae_raw") and len(history) == 3
+    assert history[0].startswith("epoch,train_loss,val_score,val_score_raw,kept,train_mae_gap,val_mae_gap,"
+                                  "val_mae_raw_gap,val_rmse_gap,lr") and len(history) == 3
     split = qm9_data.load_split(results / "split_lite.json")
     assert [len(split[k]) for k in ("train", "val", "test")] == [240, 30, 30]
     assert not list(results.glob(".*tmp*")) and not list((lite_run / "checkpoints").glob(".*tmp*"))
@@ -60,14 +63,15 @@ def test_lite_run_writes_figures_metrics_and_checkpoint(lite_run: Path) -> None:
 
 def test_checkpoint_reproduces_reported_test_mae(lite_run: Path, qm9) -> None:
     ckpt = torch.load(lite_run / "checkpoints" / "best_model_lite.pth", weights_only=True)
-    assert ckpt["target"] == "gap" and ckpt["unit"] == "eV"
-    model = train.model_from_checkpoint(ckpt)  # constructor arguments and normalisation come from the file
+    assert ckpt["target"] == "gap" and ckpt["targets"] == [dict(name="gap", unit="eV", column=4, output="mean")]
+    model = checkpoint.build_model(ckpt)  # constructor arguments and normalisation come from the file
     test = ckpt["split"]["test"]
-    pred = train.predict(model, qm9_data.Batcher(qm9), test, 64)
-    mae = float((pred - qm9.y[test, 4]).abs().mean())
-    reported = json.loads((lite_run / "results" / "metrics_lite.json").read_text())["test"]["mae"]
+    pred = predict(model, qm9_data.Batcher(qm9), test, 64)
+    assert pred.shape == (len(test), 1)
+    mae = float((pred[:, 0] - qm9.y[test, 4]).abs().mean())
+    reported = json.loads((lite_run / "results" / "metrics_lite.json").read_text())["test"]["gap"]["mae"]
     assert mae == pytest.approx(reported, rel=1e-5)
-    assert ckpt["metrics"]["test_mae"] == pytest.approx(reported, rel=1e-9)
+    assert checkpoint.test_mae(ckpt) == {"gap": pytest.approx(reported, rel=1e-9)}
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -89,7 +93,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     got = json.loads((killed / "results" / "metrics_lite.json").read_text())
     want = json.loads((tmp_path / "clean" / "results" / "metrics_lite.json").read_text())
     assert got["epochs_run"] == 3
-    assert got["test"]["mae"] == pytest.approx(want["test"]["mae"], rel=1e-4)
+    assert got["test"]["gap"]["mae"] == pytest.approx(want["test"]["gap"]["mae"], rel=1e-4)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -101,6 +105,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     (["--time-budget", "0"], "--time-budget must be a positive number of minutes"),
     (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
     (["--target"], "expected one argument"),
+    (["--target", "gap,GAP"], "--target names gap twice"),
+    (["--target", "gap,bandgap"], "unknown QM9 target 'bandgap'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, flags: list[str], message: str) -> None:
     proc = run([sys.executable, "train_lite.py", *flags], tmp_path, check=False)
@@ -138,7 +144,7 @@ def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp
     shutil.copytree(lite_run / "checkpoints", tmp_path / "checkpoints")
     last = tmp_path / "checkpoints" / "last_lite.pth"
     state = torch.load(last, weights_only=True)
-    model = train.model_from_checkpoint(state)
+    model = checkpoint.build_model(state)
     state["optimizer"] = torch.optim.Adam(model.parameters(), lr=1e-3).state_dict()
     torch.save(state, last)
     proc = run([sys.executable, "train_lite.py", *TINY, "--resume"], tmp_path, check=False)
@@ -146,10 +152,13 @@ def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp
     assert str(last) in proc.stderr.strip().splitlines()[-1]
 
 
-def test_nan_loss_stops_with_a_message(tmp_path: Path) -> None:
-    proc = run([sys.executable, "train_lite.py", *TINY, "--lr", "1e30", "--clip-grad", "1e30"], tmp_path,
-               check=False)
-    assert proc.returncode == 1 and "the loss became" in proc.stderr, proc.stderr
+def test_a_loss_that_keeps_blowing_up_stops_with_a_message(tmp_path: Path) -> None:
+    """lr 1e30: every window of steps spikes; each is rolled back with the learning rate halved, until it is cut
+    to 1/1000 of --lr and the run stops with one line."""
+    proc = run([sys.executable, "train_lite.py", *TINY, "--epochs", "20", "--lr", "1e30", "--clip-grad", "1e30"],
+               tmp_path, check=False)
+    assert proc.returncode == 1 and "the loss kept blowing up (10 spikes" in proc.stderr, proc.stderr
+    assert proc.stdout.count("loss spike at epoch") == 9
     assert not (tmp_path / "results" / "metrics_lite.json").exists()
 
 
@@ -165,7 +174,8 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
         model = SchNet(**LITE_CONFIG, mean=0.0, std=1.0)
         opt = optim.FlatAdam(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
         for b in batches:
-            train.train_step(model, opt, b, 4, 1.0, clip_grad=0.5)  # small max norm: clipping is active
+            train.train_step(model, opt, b, torch.tensor([4]), torch.ones(1), torch.ones(1),
+                             clip_grad=0.5)  # small max norm: clipping is active
         models.append(model)
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
@@ -193,7 +203,7 @@ def test_time_budget_ends_the_run_like_a_finished_one(tmp_path: Path) -> None:
     rate, with a partial last epoch, and still tests the best model and writes every output."""
     proc = run([sys.executable, "train_lite.py", "--subset-size", "2000", "--epochs", "200", "--tsne-samples", "25",
                 "--device", "cpu", "--time-budget", "0.25"], tmp_path)
-    assert "time budget of 0.25 min spent" in proc.stdout and "test (200 molecules" in proc.stdout
+    assert "time budget of 0.25 min spent" in proc.stdout and "test gap (200 molecules" in proc.stdout
     metrics = json.loads((tmp_path / "results" / "metrics_lite.json").read_text())
     assert 0.1 < metrics["minutes"] < 0.25 + 0.1 and 0 < metrics["epochs_done"] < 200
     assert metrics["epochs_run"] == math.ceil(metrics["epochs_done"])
@@ -207,28 +217,95 @@ def test_time_budget_ends_the_run_like_a_finished_one(tmp_path: Path) -> None:
     assert "--time-budget 0.25" in best["command"] and best["command"].startswith("python train_lite.py")
 
 
-def test_the_kept_weights_are_the_average(lite_run: Path, qm9) -> None:
-    """The best checkpoint holds the moving average of the weights, which differs from the raw weights in the
-    resume state, and which gives the reported validation MAE."""
+def test_the_kept_weights_are_the_better_of_average_and_raw(lite_run: Path, qm9) -> None:
+    """The best checkpoint holds whichever of the moving average and the raw weights validated better at its epoch,
+    says which, and gives the recorded validation MAE."""
     state = torch.load(lite_run / "checkpoints" / "last_lite.pth", weights_only=True)
     best = torch.load(lite_run / "checkpoints" / "best_model_lite.pth", weights_only=True)
     assert state["ema_decay"] == 0.999 and state["ema"]["n_averaged"] == state["progress"]["step"]
-    if best["epoch"] == state["progress"]["epoch"]:  # the last epoch was the best: the checkpoint is the average
+    history = (lite_run / "results" / "history_lite.csv").read_text().splitlines()
+    rows = [dict(zip(history[0].split(","), r.split(","))) for r in history[1:]]
+    row = rows[best["epoch"] - 1]
+    assert best["weights"] == row["kept"]
+    assert (float(row["val_score"]) <= float(row["val_score_raw"])) == (row["kept"] == "average")
+    if best["epoch"] == state["progress"]["epoch"]:  # the last epoch was the best: compare with the saved state
         for k, v in best["state_dict"].items():
-            torch.testing.assert_close(v, state["ema"][f"module.{k}"])
-    assert not torch.equal(best["state_dict"]["lin2.weight"], state["state_dict"]["lin2.weight"])
+            other = state["ema"][f"module.{k}"] if best["weights"] == "average" else state["state_dict"][k]
+            torch.testing.assert_close(v, other)
     val = best["split"]["val"]
-    pred = train.predict(train.model_from_checkpoint(best), qm9_data.Batcher(qm9), val, 64)
-    assert float((pred - qm9.y[val, 4]).abs().mean()) == pytest.approx(best["metrics"]["val_mae"], rel=1e-4)
+    pred = predict(checkpoint.build_model(best), qm9_data.Batcher(qm9), val, 64)[:, 0]
+    mae = best["metrics"]["val"]["gap"]["mae"]
+    assert float((pred - qm9.y[val, 4]).abs().mean()) == pytest.approx(mae, rel=1e-4)
+    column = "val_mae_gap" if best["weights"] == "average" else "val_mae_raw_gap"
+    assert float(row[column]) == pytest.approx(mae, rel=1e-6)
+
+
+def test_ema_decay_warms_up() -> None:
+    """The average's decay grows with the updates, (1 + n) / (10 + n), up to --ema-decay."""
+    decays = [float(optim.ema_decay(0.999, torch.tensor(n))) for n in (0, 1, 10, 100, 1000, 8990, 10**6)]
+    assert decays[:5] == pytest.approx([0.1, 2 / 11, 11 / 20, 101 / 110, 1001 / 1010])
+    assert decays[5] == pytest.approx(0.999) and decays[6] == 0.999
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = optim.make_ema(model, 0.999)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update_parameters(model)  # n = 1: w_ema = b * 0 + (1 - b) * 1, b = 2 / 11
+    torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 9 / 11))
 
 
 def test_ema_decay_zero_keeps_the_raw_weights(tmp_path: Path) -> None:
     run([sys.executable, "train_lite.py", *TINY, "--ema-decay", "0"], tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last_lite.pth", weights_only=True)
     best = torch.load(tmp_path / "checkpoints" / "best_model_lite.pth", weights_only=True)
-    assert state["ema"] is None
+    assert state["ema"] is None and best["weights"] == "raw"
     history = (tmp_path / "results" / "history_lite.csv").read_text().splitlines()
     h = history[0].split(",")
-    assert all(r.split(",")[h.index("val_mae")] == r.split(",")[h.index("val_mae_raw")] for r in history[1:])
+    assert all(r.split(",")[h.index("val_mae_gap")] == r.split(",")[h.index("val_mae_raw_gap")]
+               for r in history[1:])
     if best["epoch"] == state["progress"]["epoch"]:
         torch.testing.assert_close(best["state_dict"], state["state_dict"])
+
+
+def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkeypatch, capsys, qm9) -> None:
+    """Blow the weights up in the middle of a run (the output layer times 1e4, as an Adam blow-up would): the next
+    check sees the loss jump against its running mean, restores the last good state, halves the learning rate,
+    says so in one line, and the run ends with a finite test MAE better than predicting the training mean."""
+    from train_lite import LITE_DEFAULTS
+
+    real_step, calls = train.train_step, []
+
+    def step_with_a_blow_up(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 75:
+            with torch.no_grad():
+                model.lin2.weight.mul_(1e4)
+        return real_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", step_with_a_blow_up)
+    monkeypatch.setattr(train.Trainer, "SNAPSHOT_EVERY", 20)
+    metrics = train.main(["--subset-size", "1000", "--epochs", "3", "--tsne-samples", "25", "--device", "cpu",
+                          "--output-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "ck"),
+                          "--data-dir", str(REPO / "data")], defaults=LITE_DEFAULTS)
+    out = capsys.readouterr().out
+    spikes = [line for line in out.splitlines() if line.startswith("loss spike")]
+    assert len(spikes) == 1 and "epoch 2" in spikes[0] and "learning rate now 0.5 x the schedule" in spikes[0]
+    assert metrics["spikes"] == 1 and len(calls) == 150
+    split = qm9_data.split_indices(len(qm9), 1000, seed=0)
+    baseline = float((qm9.y[split["test"], 4] - qm9.y[split["train"], 4].mean()).abs().mean())
+    assert math.isfinite(metrics["test"]["gap"]["mae"]) and metrics["test"]["gap"]["mae"] < 0.8 * baseline
+
+
+def test_loss_guard_flags_jumps_against_the_running_mean() -> None:
+    guard = optim.LossGuard(factor=10.0, decay=0.9)
+    running = None
+    for window in ([1.0, 2.0], [0.9, 1.9], [0.8, 1.7]):
+        assert not guard.is_spike(window, running)
+        running = guard.update(window, running)
+    assert not guard.is_spike([5.0, 1.0], running)  # five times its level: noise, not a blow-up
+    assert guard.is_spike([0.5, 30.0], running)  # one target jumped more than tenfold
+    assert guard.is_spike([float("nan"), 1.0], running) and guard.is_spike([float("inf"), 1.0], None)
+    w = optim.LossGuard.weights([1.0, 4.0], "balanced", 2)
+    torch.testing.assert_close(w, torch.tensor([1.6, 0.4]))
+    assert torch.equal(optim.LossGuard.weights([1.0, 4.0], "equal", 2), torch.ones(2))
