@@ -330,7 +330,8 @@ class Trainer:
     def roll_back(self, p: Progress, window: list[float]) -> None:
         """Restore the oldest good state kept (at most 2 * SNAPSHOT_EVERY steps back) and halve the learning rate;
         the steps and the data order go on."""
-        ratio = max(v / max(m, 1e-12) for v, m in zip(window, p.running_loss or window))
+        level = self.guard.level(window, p.running_loss)
+        worst = max(range(len(window)), key=lambda k: window[k] / max((p.running_loss or window)[k], 1e-12))
         p.lr_scale *= self.guard.cut
         p.spikes += 1
         if p.lr_scale < self.guard.min_lr_scale or not self.snapshots:
@@ -343,8 +344,8 @@ class Trainer:
             self.ema.load_state_dict(good["ema"])
         self.snapshots.clear()
         self.snapshots.append((p.step, copy.deepcopy(good)))
-        print(f"loss spike at epoch {p.epoch + 1}, step {p.step_in_epoch} (loss {sum(window) / len(window):.4g}, "
-              f"{ratio:.3g}x its running mean): weights rolled back to step {good_step}, learning rate now "
+        print(f"loss spike at epoch {p.epoch + 1}, step {p.step_in_epoch} (loss {level:.3g}x its running mean, "
+              f"most in {self.names[worst]}): weights rolled back to step {good_step}, learning rate now "
               f"{p.lr_scale:g} x the schedule", flush=True)
 
     def time_left(self, p: Progress) -> str:
