@@ -26,10 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from cpu_kernels import aggregate, gaussians, radius_pairs, shifted_softplus
-from ase.data import atomic_masses
-
 from qm9_data import Batcher, radius_graph
-from targets import OUTPUTS, centre_of_mass
+from targets import MASSES, OUTPUTS, centre_of_mass
 
 # The two configurations used by train.py and train_lite.py (see README.md for why these values).
 FULL_CONFIG = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50, cutoff=10.0)
@@ -217,7 +215,7 @@ class SchNet(nn.Module):
         atomref = torch.zeros(100, k) if atomref is None else atomref.detach().float().reshape(100, k)
         self.register_buffer("atomref", atomref)
         # atomic masses for the centre of mass (dipole, spatial extent); a constant, not saved with the weights
-        self.register_buffer("masses", torch.tensor(atomic_masses[:100], dtype=torch.float32), persistent=False)
+        self.register_buffer("masses", MASSES.clone(), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ase.data import atomic_masses
 from torch import Tensor
 
 HARTREE_TO_EV = 27.211386246
 OUTPUTS = ("add", "mean", "dipole", "spatial_extent")
+MASSES = torch.tensor(atomic_masses[:100], dtype=torch.float32)  # [100] by atomic number, in u (ASE's table)
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,11 @@ def centre_of_mass(pos: Tensor, masses: Tensor, batch: Tensor, num_graphs: int) 
     return weighted / total[:, None]
 
 
-def normalisation(names: list[str], outputs: list[str], z: Tensor, pos: Tensor, batch: Tensor, y: Tensor,
-                  masses: Tensor) -> dict:
+def normalisation(names: list[str], outputs: list[str], z: Tensor, pos: Tensor, batch: Tensor, y: Tensor) -> dict:
     """Standardisation of each target's atom-wise output, from the training molecules only.
 
     z [N], pos [N, 3], batch [N] are the atoms of the training molecules, y [M, T] their targets (columns in the
-    order of `names`), masses [100] by atomic number. For each target, a_i = mean + std * o_i with o_i the
+    order of `names`). For each target, a_i = mean + std * o_i with o_i the
     network's raw atom output, where (mean, std) are those of
         add:             per atom, (y - sum of the free atoms' energies) / n   (atom references: U0, U, H, G)
         mean:            per molecule, y
@@ -182,7 +183,7 @@ def normalisation(names: list[str], outputs: list[str], z: Tensor, pos: Tensor, 
         if output == "add":
             per = values / n
         elif output == "spatial_extent":
-            r = pos.double() - centre_of_mass(pos.double(), masses[z].double(), batch, num)[batch]
+            r = pos.double() - centre_of_mass(pos.double(), MASSES[z].double(), batch, num)[batch]
             per = values / torch.zeros(num, dtype=torch.float64).index_add_(0, batch, r.square().sum(-1))
         elif output == "mean":
             per = values

@@ -540,7 +540,7 @@ def run(args: argparse.Namespace) -> dict:
         mols = Batcher(data)(split["train"])
         columns = [targets.TARGETS[n].column for n in names]
         meta["normalisation"] = targets.normalisation(names, readouts, mols.z, mols.pos, mols.batch,
-                                                      mols.y[:, columns], SchNet().masses)
+                                                      mols.y[:, columns])
     check_shares(split, args.batch_size, world)
     meta["split"] = split
     meta["elements"] = Batcher(data)(split["train"]).z.unique().tolist()  # what predict.py accepts
