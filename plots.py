@@ -60,7 +60,7 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, 
         ax.legend(loc="lower right", fontsize=8)
         if len(metrics) > 1:
             ax.set_title(target)
-    heading = (title or "QM9 test set") + f" (n = {len(y_true):,})"
+    heading = (title or "QM9 test set") + f" ({len(y_true):,} molecules)"
     if len(metrics) > 1:
         fig.suptitle(heading)
         fig.tight_layout()

@@ -54,7 +54,7 @@ def write(out_dir: Path, suffix: str, metrics: dict, history: list[dict], true: 
     tag = f" ({suffix.strip('_')})" if suffix else ""
     what = names[0] if len(names) == 1 else f"{len(names)} targets"
     plots.plot_predictions(true, pred, test, out_dir / f"predictions{suffix}.png",
-                           title=f"QM9 {what}: {len(true):,} test molecules{tag}")
+                           title=f"QM9 {what}{tag}, test set")
     plots.plot_loss_curve(history, units, out_dir / f"loss_curve{suffix}.png", title=f"SchNet on QM9 {what}{tag}")
     plots.plot_tsne(embeddings, tsne_values, names[0], units[names[0]], out_dir / f"tsne{suffix}.png",
                     seed=metrics["split"]["seed"])
