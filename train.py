@@ -82,9 +82,11 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         "from squared distances for r2, mean for homo, lumo, gap, A, B, C, sum for the rest; "
                         "plain: sum or mean only (extensive or intensive); add or mean: that for every target")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
-    p.add_argument("--task-weights", choices=["equal", "balanced"], default="equal",
-                   help="with several targets: equal (the mean of the standardised losses) or balanced (each "
-                        "target's loss divided by its running mean)")
+    p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",
+                   help="with several targets: balanced (each target's standardised loss divided by its running "
+                        "mean: better on r2, zpve and the energies, and over the twelve by the mean MAE relative to "
+                        "SchNetPack's) or equal (the mean of the standardised losses: better on the orbital energies, "
+                        "mu and alpha); docs/MULTITASK.md")
     p.add_argument("--patience", type=int, default=defaults["patience"],
                    help="stop early after this many epochs without a better validation score (0: never)")
     p.add_argument("--clip-grad", type=float, default=10.0, help="clip the gradient norm to this value")
