@@ -229,10 +229,10 @@ def draw_contributions(model: torch.nn.Module, molecules: list[Molecule], contri
     atomref = model.atomref.cpu().numpy()  # [100, K]
     for m, c in zip(molecules, contributions):
         print(f"\n{m.file} frame {m.frame} ({m.formula}), per atom:")
-        print("  atom    " + "  ".join(f"{n + ' (' + u + ')':>16}" for n, u in zip(names, units)))
+        print("  atom   " + "".join(f"  {n + ' (' + u + ')':>16}" for n, u in zip(names, units)))
         for i, zi in enumerate(m.z):
-            print(f"  {i:3d}  {chemical_symbols[zi]:<2}" + "  ".join(f"{c[i, k]:>16.5f}" for k in shown))
-        print("  sum     " + "  ".join(f"{c[:, k].sum():>16.5f}" for k in shown))
+            print(f"  {i:3d}  {chemical_symbols[zi]:<2}" + "".join(f"  {c[i, k]:>16.5f}" for k in shown))
+        print("  sum    " + "".join(f"  {c[:, k].sum():>16.5f}" for k in shown))
         stem = f"{Path(m.file).stem}" + (f"_{m.frame}" if sum(x.file == m.file for x in molecules) > 1 else "")
         for k, name, unit in zip(shown, names, units):
             has_ref = bool(np.any(atomref[:, k]))
