@@ -67,12 +67,12 @@ def read_structures(paths: list[str], allowed: set[int]) -> list[Molecule]:
                 names = ", ".join(chemical_symbols[u] for u in unknown)
                 seen = ", ".join(chemical_symbols[a] for a in sorted(allowed))
                 raise UserError(f"{path}: element {names} (frame {k}) was never seen in training; "
-                                 f"this model knows {seen}")
+                                f"this model knows {seen}")
             pos = atoms.get_positions()
             bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
             if len(bad):
                 raise UserError(f"{path}: frame {k}, atom {bad[0]} ({chemical_symbols[z[bad[0]]]}) has coordinates "
-                                 f"{pos[bad[0]].tolist()}: every coordinate must be a finite number in Angstrom")
+                                f"{pos[bad[0]].tolist()}: every coordinate must be a finite number in Angstrom")
             molecules.append(Molecule(path, k, atoms.get_chemical_formula(), z, pos))
     return molecules
 
