@@ -536,16 +536,15 @@ def run(args: argparse.Namespace) -> dict:
     state = load_resume_state(args, meta) if args.resume else None
     if state:
         split = {k: state["split"][k] for k in ("train", "val", "test")}
-        meta["normalisation"] = state["normalisation"]
     else:
         split = qm9_data.split_indices(len(data), args.subset_size, seed=args.seed)
-        mols = Batcher(data)(split["train"])
-        columns = [targets.TARGETS[n].column for n in names]
-        meta["normalisation"] = targets.normalisation(names, readouts, mols.z, mols.pos, mols.batch,
-                                                      mols.y[:, columns])
     check_shares(split, args.batch_size, world)
+    train_mols = Batcher(data)(split["train"])
+    columns = [targets.TARGETS[n].column for n in names]
+    meta["normalisation"] = state["normalisation"] if state else targets.normalisation(
+        names, readouts, train_mols.z, train_mols.pos, train_mols.batch, train_mols.y[:, columns])
     meta["split"] = split
-    meta["elements"] = Batcher(data)(split["train"]).z.unique().tolist()  # what predict.py accepts
+    meta["elements"] = train_mols.z.unique().tolist()  # what predict.py accepts
     trainer = Trainer(args, data, split, meta, device, world)
     p = trainer.restore(state) if state else Progress()
 
