@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -52,6 +53,7 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, 
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # wide numbers (U0 ~ -10^4) must not collide
         ax.set_xlabel(f"DFT {target} ({unit})")
         ax.set_ylabel(f"SchNet {target} ({unit})")
         text = f"MAE  {m['mae']:.4g} {unit}\nRMSE {m['rmse']:.4g} {unit}\nR$^2$   {m['r2']:.4f}"

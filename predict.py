@@ -1,8 +1,9 @@
 """Predict QM9 properties for your own molecules with a trained checkpoint, optionally atom by atom.
 
-    python predict.py mol1.xyz traj.extxyz ligand.sdf          # the shipped full-QM9 gap model
-    python predict.py --target U0 mol1.xyz                      # the shipped full-QM9 U0 model
-    python predict.py --checkpoint checkpoints/best_model_all.pth mol1.xyz   # every property of a multi-target model
+    python predict.py mol1.xyz traj.extxyz ligand.sdf          # all twelve properties, shipped all-target model
+    python predict.py --target mu mol1.xyz                      # one of them
+    python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0)
+    python predict.py --checkpoint checkpoints/best_model_all.pth mol1.xyz   # every property of your model
     python predict.py --checkpoint checkpoints/best_model.pth mol1.xyz
     python predict.py --checkpoint checkpoints/best_model_lite.pth --per-atom --csv out.csv water.xyz
 
@@ -26,10 +27,11 @@ import checkpoint
 import plots
 from cli import Parser, UserError, resolve_device
 from qm9_data import MAX_ATOMS, atomic_write
-from targets import target_name
+from targets import STANDARD, target_name
 
 REPO = Path(__file__).resolve().parent
-SHIPPED = {name: REPO / "models" / f"schnet_qm9_{name}.pth" for name in ("gap", "U0")}
+SHIPPED = {name: REPO / "models" / f"schnet_qm9_{name}.pth" for name in ("all", "gap", "U0")}
+DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model
 MIN_DISTANCE = 0.5  # Angstrom; closer atoms mean a broken geometry (QM9's shortest bonds, O-H and N-H, are ~1 A)
 
 
@@ -123,17 +125,19 @@ def note(m: Molecule) -> str:
     return "; ".join(notes)
 
 
-def resolve_checkpoint(path: str | None, target: str) -> Path:
-    """--checkpoint as given, else the model shipped in models/ for --target (gap or U0)."""
+def resolve_checkpoint(path: str | None, target: str | None) -> Path:
+    """--checkpoint as given, else the shipped model for --target: the dedicated one for gap and U0, the
+    all-target one for every other target and when --target is not given."""
     if path is not None:
         return Path(path)
-    if target not in SHIPPED:
-        raise UserError(f"no model for {target} is shipped (models/ holds {', '.join(SHIPPED)}): "
-                        "train one with train.py and pass --checkpoint")
-    if not SHIPPED[target].is_file():
-        raise UserError(f"the shipped model {SHIPPED[target]} is missing: restore it with git "
+    if target not in (None, "all", *STANDARD):
+        raise UserError(f"no shipped model predicts {target} (they cover {', '.join(STANDARD)}): train one with "
+                        f"train.py --target {target} and pass --checkpoint")
+    shipped = SHIPPED[target if target in DEDICATED else "all"]
+    if not shipped.is_file():
+        raise UserError(f"the shipped model {shipped} is missing: restore it with git "
                         "(git checkout -- models), or pass --checkpoint")
-    return SHIPPED[target]
+    return shipped
 
 
 def select(ckpt: dict, path: Path, target: str | None) -> list[int]:
@@ -158,7 +162,7 @@ def describe(path: Path, ckpt: dict) -> str:
         what = f"{name} in {unit}" + (f", test MAE {maes[name]:.4g} {unit} on {n:,} QM9 molecules" if maes else "")
     else:
         what = f"{len(units)} targets" + (f", test MAE on {n:,} QM9 molecules: " + ", ".join(
-            f"{k} {v:.3g} {units[k]}" for k, v in maes.items()) if maes else "")
+            f"{k} {v:#.3g} {units[k]}" for k, v in maes.items()) if maes else "")
     return f"model: {os.path.relpath(path)} (SchNet, {what})"
 
 
@@ -166,9 +170,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = Parser(description=__doc__.split("\n\n")[0] + " Formats: anything ase.io.read reads "
                "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...).")
     p.add_argument("files", nargs="+", help="structure files (Angstrom); multi-frame files give one row per frame")
-    p.add_argument("--target", help="which shipped model (models/schnet_qm9_<target>.pth: gap or U0) predicts "
-                   "when --checkpoint is not given (default: gap); with --checkpoint, the one output of it to report "
-                   "(default: all of them)")
+    p.add_argument("--target", help="one property to report (mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, "
+                   "cv), or all (the default: every output). Without --checkpoint, gap and U0 come from their "
+                   "dedicated shipped models (models/schnet_qm9_gap.pth, _U0.pth), everything else from the "
+                   "shipped all-target model (models/schnet_qm9_all.pth)")
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (default: the shipped model for --target)")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file, one column per property "
                    "named by its target (mu, alpha, ..., cv), in the units of the printed header")
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 args.target = target_name(args.target)
             except ValueError as err:
                 raise UserError(str(err)) from None
-        path = resolve_checkpoint(args.checkpoint, args.target or "gap")
+        path = resolve_checkpoint(args.checkpoint, args.target)
         ckpt = checkpoint.load(path)
         shown = select(ckpt, path, args.target)
         model = checkpoint.build_model(ckpt, device)

@@ -16,6 +16,7 @@ import checkpoint as ckpt_io
 import predict
 import qm9_data
 from schnet_model import predict as predict_batches
+from targets import STANDARD, TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,34 +139,57 @@ def test_atoms_closer_than_half_an_angstrom_are_flagged(checkpoint: Path, qm9, t
     assert predict.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
 
 
-@pytest.mark.parametrize("target, column", [("gap", 4), ("U0", 7)])
-def test_shipped_model_reproduces_its_recorded_test_mae(target: str, column: int, qm9) -> None:
-    """models/schnet_qm9_<target>.pth: a weights-only checkpoint that records how it was made, and gives its
-    recorded test MAE again on its recorded test split (the standard 110,000 / 10,000 / 10,831 split)."""
-    path = predict.SHIPPED[target]
-    ckpt = torch.load(path, weights_only=True)
-    assert path.stat().st_size < 8e6 and "optimizer" not in ckpt
-    assert ckpt["target"] == target and ckpt["unit"] == "eV" and ckpt["subset_size"] is None  # the single-target layout
-    assert [len(ckpt["split"][k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
-    torch.testing.assert_close(ckpt["split"]["test"], qm9_data.split_indices(len(qm9), None, seed=ckpt["seed"])["test"])
-    assert ckpt["command"].startswith(f"python train.py --target {target}")
-    assert ckpt["epochs_done"] > 0 and ckpt["minutes"] > 0
+@pytest.mark.parametrize("name", ["gap", "U0", "all"])
+def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
+    """models/schnet_qm9_<name>.pth: a weights-only checkpoint that records how it was made, and gives its
+    recorded test MAE of every target again on its recorded test split (the standard 110,000 / 10,000 / 10,831)."""
+    path = predict.SHIPPED[name]
+    raw = torch.load(path, weights_only=True)
+    assert path.stat().st_size < 8e6 and "optimizer" not in raw and raw["subset_size"] is None
+    assert [len(raw["split"][k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
+    torch.testing.assert_close(raw["split"]["test"], qm9_data.split_indices(len(qm9), None, seed=raw["seed"])["test"])
+    assert raw["command"].startswith(f"python train.py --target {name}")
+    assert raw["epochs_done"] > 0 and 0 < raw["minutes"] <= 150
     ckpt = ckpt_io.load(path)
-    model = ckpt_io.build_model(ckpt)
+    names = ckpt_io.target_names(ckpt)
+    assert names == (STANDARD if name == "all" else [name])
+    assert all(t["unit"] == TARGETS[t["name"]].unit for t in ckpt["targets"])
+    recorded = ckpt_io.test_mae(ckpt)
+    assert list(recorded) == names
     test = ckpt["split"]["test"]
-    pred = predict_batches(model, qm9_data.Batcher(qm9), test, 512)[:, 0]
-    mae = float((pred.double() - qm9.y[test, column].double()).abs().mean())
-    assert mae == pytest.approx(ckpt["metrics"]["test_mae"], rel=1e-4)
-    assert ckpt_io.test_mae(ckpt) == {target: ckpt["metrics"]["test_mae"]}
+    pred = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(qm9), test, 512)  # [M, K]
+    true = qm9.y[test][:, [t["column"] for t in ckpt["targets"]]]
+    mae = (pred.double() - true.double()).abs().mean(0)
+    assert mae.tolist() == pytest.approx(list(recorded.values()), rel=1e-4)
+
+
+def test_without_flags_the_shipped_all_target_model_prints_twelve_properties(qm9, tmp_path: Path) -> None:
+    ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
+    proc = run(["--device", "cpu", "--csv", "out.csv", "m.xyz"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"model: {os.path.relpath(predict.SHIPPED['all'], tmp_path)} (SchNet, 12 targets" in proc.stdout
+    header = proc.stdout.splitlines()[1]
+    assert all(f"{n} ({TARGETS[n].unit})" in header for n in STANDARD)
+    import csv
+
+    row, = csv.DictReader((tmp_path / "out.csv").open())
+    assert list(row) == ["file", "frame", "formula", "atoms", *STANDARD, "note"]
+    maes = ckpt_io.test_mae(ckpt_io.load(predict.SHIPPED["all"]))
+    for n in STANDARD:  # a trained model: each property within 20 of its test MAEs of the DFT value
+        assert abs(float(row[n]) - float(qm9.y[100, TARGETS[n].column])) < 20 * maes[n], n
+    assert run(["--target", "all", "--device", "cpu", "m.xyz"], tmp_path).stdout == proc.stdout
 
 
 def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_path: Path) -> None:
+    """gap and U0 come from their dedicated models, the other ten from the all-target model."""
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
-    for flags, target in ((["--target", "gap"], "gap"), (["--target", "U0"], "U0")):
-        proc = run([*flags, "--device", "cpu", "m.xyz"], tmp_path)
+    for target, model, what in (("gap", "gap", "gap in eV"), ("U0", "U0", "U0 in eV"), ("cv", "all", "12 targets")):
+        proc = run(["--target", target, "--device", "cpu", "m.xyz"], tmp_path)
         assert proc.returncode == 0, proc.stderr
-        shown = os.path.relpath(predict.SHIPPED[target], tmp_path)
-        assert f"model: {shown} (SchNet, {target} in eV, test MAE" in proc.stdout and f"{target} (eV)" in proc.stdout
+        shown = os.path.relpath(predict.SHIPPED[model], tmp_path)
+        assert f"model: {shown} (SchNet, {what}" in proc.stdout
+        assert f"{target} ({TARGETS[target].unit})" in proc.stdout.splitlines()[1]
+        assert len(proc.stdout.splitlines()[1].split("(")) == 2  # one property column
     dft = float(qm9.y[100, 4])
     last_row = run(["--target", "gap", "--device", "cpu", "m.xyz"], tmp_path).stdout.strip().splitlines()[-1]
     shown = float(last_row.split()[4])
@@ -224,5 +248,5 @@ def test_unknown_or_unshipped_target(qm9, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
     proc = run(["--target", "bandgap", "m.xyz"], tmp_path)
     assert proc.returncode != 0 and "unknown QM9 target 'bandgap'" in proc.stderr.strip().splitlines()[0]
-    proc = run(["--target", "cv", "m.xyz"], tmp_path)
-    assert proc.returncode != 0 and "no model for cv is shipped" in proc.stderr.strip().splitlines()[0]
+    proc = run(["--target", "U0_atom", "m.xyz"], tmp_path)
+    assert proc.returncode != 0 and "no shipped model predicts U0_atom" in proc.stderr.strip().splitlines()[0]
