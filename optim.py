@@ -11,16 +11,17 @@ from torch.optim.swa_utils import AveragedModel
 @dataclass
 class Schedule:
     r"""The learning rate as a function of how far the run has come: a linear warm-up over the first `warmup`
-    steps, then a cosine decay from the peak to 1 % of it,
+    steps, times a cosine decay from the peak to 1 % of it,
 
     .. math::
-        \eta = \eta_{peak} \frac{s + 1}{s_w} \ (s < s_w), \qquad
-        \eta = \eta_{peak} \left(0.01 + 0.99 \cdot \tfrac{1}{2}\left(1 + \cos \pi p\right)\right), \quad
-        p = \min\left(1, \max\left(\frac{s - s_w}{S - s_w}, \frac{t}{T}\right)\right)
+        \eta = \eta_{peak} \min\left(1, \frac{s + 1}{s_w}\right)
+        \left(0.01 + 0.99 \cdot \tfrac{1}{2}\left(1 + \cos \pi p\right)\right), \quad
+        p = \min\left(1, \max\left(0, \frac{s - s_w}{S - s_w}, \frac{t}{T}\right)\right)
 
     with s the steps taken, S those of --epochs, t the seconds spent and T the --time-budget (the t/T term only
     with a budget). The decay ends at whichever of the epoch count and the budget comes first, so a budgeted run
-    always ends on a decayed learning rate.
+    always ends on a decayed learning rate, even one whose budget runs out during the warm-up (a few seconds, or a
+    machine much slower than expected). Without a budget, p = 0 throughout the warm-up.
     """
     peak: float
     warmup: int
@@ -34,9 +35,8 @@ class Schedule:
         return min(1.0, max(0.0, p))
 
     def lr(self, step: int, elapsed: float) -> float:
-        if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
-        return self.peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed))))
+        warm = min(1.0, (step + 1) / self.warmup)
+        return self.peak * warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed))))
 
 
 def ema_decay(decay: float, num_averaged: torch.Tensor) -> torch.Tensor:

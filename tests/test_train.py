@@ -196,6 +196,8 @@ def test_schedule_warms_up_then_decays_by_whichever_of_epochs_and_budget_comes_f
     assert b.lr(100, 60.0) == pytest.approx(1e-5) and b.lr(100, 600.0) == pytest.approx(1e-5)
     lrs = [b.lr(20, t) for t in (0.0, 10.0, 20.0, 40.0, 59.0)]
     assert all(x > y for x, y in zip(lrs, lrs[1:]))  # decays monotonically with time after the warm-up
+    assert b.lr(4, 60.0) == pytest.approx(1e-3 * 0.5 * 0.01)  # a budget spent within the warm-up: decayed too
+    assert b.lr(4, 0.0) == pytest.approx(1e-3 * 0.5)  # and at its start the warm-up alone
 
 
 def test_time_budget_ends_the_run_like_a_finished_one(tmp_path: Path) -> None:
