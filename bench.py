@@ -43,8 +43,9 @@ def _default_config() -> tuple[dict, int]:
 
 
 def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_steps: int, data_dir: str,
-           threads: int) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(step, sync) for one pipeline, with the data for `num_steps` steps of its batches prepared."""
+           threads: int, data_file: str | None = None) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, sync) for one pipeline, with the data for `num_steps` steps of its batches prepared. 'ours_file'
+    is 'ours' batching from `data_file`'s tensors (structure_file.py; its label 'gap') at the same indices."""
     import torch
 
     torch.set_num_threads(threads)
@@ -68,13 +69,18 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
         names = targets.STANDARD if pipeline == "ours_all" else [targets.TARGET_NAMES[TARGET]]
         if pipeline == "ours_all":  # twelve outputs, each with its own readout (dipole, spatial extent, ...)
             torch.manual_seed(0)
-            model = SchNet(**config, readout=targets.readouts(names))
+            model = SchNet(**config, readout=targets.readouts([targets.TARGETS[n] for n in names]))
         model = model.to(device)
         optimizer = optim.FlatAdam(model, lr=1e-4)
-        batcher = qm9_data.Batcher(data, device)
-        batches = iter(order.split(batch_size))
+        source = data
         columns = torch.tensor([targets.TARGETS[n].column for n in names], device=device)
-        scale = data.y[train_idx][:, columns.cpu()].std(0).to(device)
+        if pipeline == "ours_file":
+            from structure_file import LabelledStructures
+
+            source, columns = LabelledStructures(data_file, ["gap"], progress=False), torch.tensor([0], device=device)
+        batcher = qm9_data.Batcher(source, device)
+        batches = iter(order.split(batch_size))
+        scale = source.y[train_idx][:, columns.cpu()].std(0).to(device)
         weights = torch.ones(len(names), device=device)
 
         def step() -> None:
@@ -115,12 +121,13 @@ def measure_memory(pipeline: str, config: dict, batch_size: int, device_name: st
 
 
 def measure_throughput(config: dict, batch_size: int, device_name: str, warmup: int, steps: int, rounds: int,
-                       data_dir: str, threads: int, multi_target: bool = False) -> dict[str, list[float]]:
+                       data_dir: str, threads: int, multi_target: bool = False,
+                       data_file: str | None = None) -> dict[str, list[float]]:
     """Molecules/s of each pipeline in each of `rounds` alternating blocks of steps // rounds timed steps."""
     block = steps // rounds
-    names = ("reference", "ours", "ours_all") if multi_target else ("reference", "ours")
-    pipelines = {name: _setup(name, config, batch_size, device_name, warmup + block * rounds, data_dir, threads)
-                 for name in names}
+    names = ["reference", "ours"] + ["ours_all"] * multi_target + ["ours_file"] * (data_file is not None)
+    pipelines = {name: _setup(name, config, batch_size, device_name, warmup + block * rounds, data_dir, threads,
+                              data_file) for name in names}
     for step, sync in pipelines.values():
         for _ in range(warmup):
             step()
@@ -150,6 +157,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--multi-target", action="store_true",
                    help="also time our step with all twelve QM9 targets (one output each, dipole and spatial extent "
                         "included) in the same rounds, against our one-target step")
+    p.add_argument("--data", help="also time our step batching from this structure file's tensors (a label 'gap' "
+                   "on every structure; e.g. QM9 written as extended XYZ, so the molecules are QM9's) in the same "
+                   "rounds, against batching from QM9's")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     p.add_argument("--data-dir", default="data")
     args = p.parse_args(argv)
@@ -174,6 +184,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import qm9_data
 
     qm9_data.QM9(args.data_dir)  # build the cache and the kernels once, before the measuring processes start
+    if args.data:
+        from structure_file import LabelledStructures
+
+        try:
+            size = len(LabelledStructures(args.data, ["gap"]))  # its cache too, and its errors in one line here
+        except UserError as err:
+            sys.exit(f"error: {err}")
+        if size != qm9_data.NUM_MOLECULES:
+            sys.exit(f"error: --data {args.data} holds {size} structures: it must be QM9 written as a file "
+                     f"({qm9_data.NUM_MOLECULES} structures, in QM9's order) so that both pipelines train on the "
+                     "same molecules")
     kernels = cpu_kernels.backend() if device == "cpu" else "pure PyTorch (CUDA)"
     configs = dict(CONFIGS, default=_default_config())
     names = list(configs) if args.config == "all" else [args.config]
@@ -189,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config, batch_size = configs[name]
         with ctx.Pool(1) as pool:
             rates = pool.apply(measure_throughput, (config, batch_size, device, warmup, block * args.rounds,
-                                                    args.rounds, args.data_dir, threads, args.multi_target))
+                                                    args.rounds, args.data_dir, threads, args.multi_target,
+                                                    args.data))
         peaks = {}
         for pipeline in ("reference", "ours"):
             with ctx.Pool(1) as pool:
@@ -210,6 +232,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             all_vs_one_max=max(per_round))
             print(f"  {name}: ours with all twelve targets {all_:,.0f} mol/s, {all_ / ours:.3f}x one target "
                   f"(rounds: {min(per_round):.3f}-{max(per_round):.3f}x)", flush=True)
+        if args.data:
+            file_ = statistics.median(rates["ours_file"])
+            per_round = [a / b for a, b in zip(rates["ours_file"], rates["ours"])]
+            rows[-1].update(ours_file_mol_s=file_, file_vs_qm9=file_ / ours, file_vs_qm9_min=min(per_round),
+                            file_vs_qm9_max=max(per_round))
+            print(f"  {name}: ours batching from {Path(args.data).name} {file_:,.0f} mol/s, {file_ / ours:.3f}x "
+                  f"QM9's (rounds: {min(per_round):.3f}-{max(per_round):.3f}x)", flush=True)
 
     print("\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio (rounds) | ours peak (MB) | "
           "reference peak (MB) |\n|---|---|---|---|---|---|---|---|")

@@ -23,6 +23,11 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def quantity(name: str, unit: str) -> str:
+    """An axis label: 'gap (eV)', or the bare name for a label without a unit (--data without --unit)."""
+    return f"{name} ({unit})" if unit else name
+
+
 def _grid(k: int, size: tuple[float, float]) -> tuple[plt.Figure, list[plt.Axes]]:
     """A figure with k panels, at most four per row, each `size` inches."""
     cols = min(k, 4)
@@ -34,9 +39,10 @@ def _grid(k: int, size: tuple[float, float]) -> tuple[plt.Figure, list[plt.Axes]
 
 
 def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, dict], path: Path,
-                     title: str = "") -> None:
-    """Predicted vs. DFT value for every test molecule, one panel per target (columns of y_true, y_pred [M, K];
-    `metrics` maps each target's name, in order, to its mae, rmse, r2 and unit), with the y = x line."""
+                     title: str = "", reference: str = "DFT") -> None:
+    """Predicted vs. reference value (`reference`: DFT for QM9) for every test molecule, one panel per target
+    (columns of y_true, y_pred [M, K]; `metrics` maps each target's name, in order, to its mae, rmse, r2 and unit),
+    with the y = x line."""
     fig, axes = _grid(len(metrics), (4.6, 4.4) if len(metrics) > 1 else (5.6, 5.2))
     for k, (ax, (target, m)) in enumerate(zip(axes, metrics.items())):
         t, p, unit = y_true[:, k], y_pred[:, k], m["unit"]
@@ -54,8 +60,8 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, 
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # wide numbers (U0 ~ -10^4) must not collide
-        ax.set_xlabel(f"DFT {target} ({unit})")
-        ax.set_ylabel(f"SchNet {target} ({unit})")
+        ax.set_xlabel(f"{reference} {quantity(target, unit)}")
+        ax.set_ylabel(f"SchNet {quantity(target, unit)}")
         text = f"MAE  {m['mae']:.4g} {unit}\nRMSE {m['rmse']:.4g} {unit}\nR$^2$   {m['r2']:.4f}"
         ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", family="monospace", fontsize=8,
                 bbox=dict(boxstyle="round", fc="white", ec="0.7"))
@@ -94,7 +100,7 @@ def plot_loss_curve(history: list[dict], units: dict[str, str], path: Path, titl
         ax.annotate(f"best {shown:.4g} {unit}", (x[best], shown), textcoords="offset points",
                     xytext=(-6 if left else 6, 10), ha="right" if left else "left", fontsize=8)
         ax.set_xlabel(f"epoch ({history[-1]['minutes']:.1f} min in all)")
-        ax.set_ylabel(f"{name} MAE ({unit})")
+        ax.set_ylabel(quantity(f"{name} MAE", unit))
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         lr_ax = ax.twinx()
@@ -122,7 +128,7 @@ def plot_tsne(embeddings: np.ndarray, values: np.ndarray, target: str, unit: str
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
     lo, hi = np.percentile(values, [1, 99])
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=6, cmap="viridis", vmin=lo, vmax=hi, linewidths=0)
-    fig.colorbar(sc, ax=ax, label=f"{target} ({unit})")
+    fig.colorbar(sc, ax=ax, label=quantity(target, unit))
     ax.set_xlabel("t-SNE 1 (arbitrary units)")
     ax.set_ylabel("t-SNE 2 (arbitrary units)")
     ax.set_xticks([])
@@ -153,7 +159,7 @@ def plot_contributions(z: np.ndarray, pos: np.ndarray, values: np.ndarray, label
                     linewidths=0.8, zorder=2)
     for (x, y), zi in zip(xy, z):
         ax.text(x, y, chemical_symbols[zi], ha="center", va="center", fontsize=8, zorder=3)
-    fig.colorbar(sc, ax=ax, shrink=0.75, label=f"{label} ({unit}); white: molecule mean")
+    fig.colorbar(sc, ax=ax, shrink=0.75, label=f"{quantity(label, unit)}; white: molecule mean")
     ax.set_aspect("equal")
     ax.margins(0.15)
     ax.set_xlabel("Å (principal axis 1)")

@@ -157,12 +157,15 @@ def describe(path: Path, ckpt: dict) -> str:
     units = {t["name"]: t["unit"] for t in ckpt["targets"]}
     maes = checkpoint.test_mae(ckpt)
     n = len(ckpt["split"]["test"]) if "split" in ckpt else 0
+    data = ckpt.get("data", "QM9")
+    where = f"on {n:,} " + ("QM9 molecules" if data == "QM9" else f"structures of {Path(data).name}")
     if len(units) == 1:
         (name, unit), = units.items()
-        what = f"{name} in {unit}" + (f", test MAE {maes[name]:.4g} {unit} on {n:,} QM9 molecules" if maes else "")
+        what = (f"{name} in {unit}" if unit else name) + (
+            f", test MAE {maes[name]:.4g} {unit}".rstrip() + f" {where}" if maes else "")
     else:
-        what = f"{len(units)} targets" + (f", test MAE on {n:,} QM9 molecules: " + ", ".join(
-            f"{k} {v:#.3g} {units[k]}" for k, v in maes.items()) if maes else "")
+        what = f"{len(units)} targets" + (f", test MAE {where}: " + ", ".join(
+            f"{k} {v:#.3g} {units[k]}".rstrip() for k, v in maes.items()) if maes else "")
     return f"model: {os.path.relpath(path)} (SchNet, {what})"
 
 
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  **{n: float(v[k]) for n, k in zip(names, shown)}, note=note(m)) for m, v in zip(molecules, preds)]
     print(describe(path, ckpt))
     width = max(len(r["file"]) for r in rows)
-    headers = [f"{n} ({u})" for n, u in zip(names, units)]
+    headers = [plots.quantity(n, u) for n, u in zip(names, units)]
     widths = [max(12, len(h)) for h in headers]
     print(f"{'file':<{width}}  frame  {'formula':<12} atoms  "
           + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths)) + "  note")
@@ -234,7 +237,7 @@ def draw_contributions(model: torch.nn.Module, molecules: list[Molecule], contri
     atomref = model.atomref.cpu().numpy()  # [100, K]
     for m, c in zip(molecules, contributions):
         print(f"\n{m.file} frame {m.frame} ({m.formula}), per atom:")
-        print("  atom   " + "".join(f"  {n + ' (' + u + ')':>16}" for n, u in zip(names, units)))
+        print("  atom   " + "".join(f"  {plots.quantity(n, u):>16}" for n, u in zip(names, units)))
         for i, zi in enumerate(m.z):
             print(f"  {i:3d}  {chemical_symbols[zi]:<2}" + "".join(f"  {c[i, k]:>16.5f}" for k in shown))
         print("  sum    " + "".join(f"  {c[:, k].sum():>16.5f}" for k in shown))

@@ -253,7 +253,7 @@ class QM9(torch.utils.data.Dataset):
 
 
 def split_sizes(num_molecules: int, subset_size: int | None = None) -> tuple[int, int, int]:
-    """(train, val, test) sizes: SchNet's standard 110,000 / 10,000 / rest on the full set, 80/10/10 on a subset.
+    """(train, val, test) sizes: x, 80/10/10 on a subset.
 
     Raises `ValueError` for a subset that is not a positive number no larger than the data set, or too small to
     put at least one molecule in each part.
@@ -261,7 +261,7 @@ def split_sizes(num_molecules: int, subset_size: int | None = None) -> tuple[int
     n = num_molecules if subset_size is None else int(subset_size)
     if n <= 0 or n > num_molecules:
         raise ValueError(f"subset size must be between 10 and {num_molecules} molecules, got {n}")
-    if n == NUM_MOLECULES:
+    if subset_size is None and n == NUM_MOLECULES:
         return 110_000, 10_000, n - 120_000
     n_train, n_val = round(0.8 * n), round(0.1 * n)
     if n_val < 1 or n - n_train - n_val < 1:
@@ -288,9 +288,20 @@ def save_split(split: dict[str, Tensor], path: str | Path, **meta) -> None:
         tmp.write_text(json.dumps(payload))
 
 
-def load_split(path: str | Path) -> dict[str, Tensor]:
+def load_split(path: str | Path, num_molecules: int | None = None) -> dict[str, Tensor]:
+    """A split written by `save_split`; with `num_molecules`, checked to fit a data set of that size (ValueError:
+    indices out of range, sets that overlap or are empty)."""
     payload = json.loads(Path(path).read_text())
-    return {k: torch.tensor(payload[k], dtype=torch.long) for k in ("train", "val", "test")}
+    split = {k: torch.tensor(payload[k], dtype=torch.long) for k in ("train", "val", "test")}
+    if num_molecules is not None:
+        every = torch.cat(list(split.values()))
+        if not all(len(v) for v in split.values()):
+            raise ValueError("a set of the split is empty")
+        if int(every.min()) < 0 or int(every.max()) >= num_molecules:
+            raise ValueError(f"its indices reach {int(every.max())}, beyond the {num_molecules} structures of the data")
+        if len(every.unique()) != len(every):
+            raise ValueError("its training, validation and test sets overlap")
+    return split
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -53,9 +53,11 @@ def write(out_dir: Path, suffix: str, metrics: dict, history: list[dict], true: 
     units = {name: test[name]["unit"] for name in names}
     tag = f" ({suffix.strip('_')})" if suffix else ""
     what = names[0] if len(names) == 1 else f"{len(names)} targets"
+    data = "QM9" if metrics["data"] == "QM9" else Path(metrics["data"]).name
+    reference = "DFT" if data == "QM9" else "reference"
     plots.plot_predictions(true, pred, test, out_dir / f"predictions{suffix}.png",
-                           title=f"QM9 {what}{tag}, test set")
-    plots.plot_loss_curve(history, units, out_dir / f"loss_curve{suffix}.png", title=f"SchNet on QM9 {what}{tag}")
+                           title=f"{data} {what}{tag}, test set", reference=reference)
+    plots.plot_loss_curve(history, units, out_dir / f"loss_curve{suffix}.png", title=f"SchNet on {data} {what}{tag}")
     plots.plot_tsne(embeddings, tsne_values, names[0], units[names[0]], out_dir / f"tsne{suffix}.png",
                     seed=metrics["split"]["seed"])
     with atomic_write(out_dir / f"metrics{suffix}.json") as tmp:

@@ -140,16 +140,46 @@ def atomref(target: str | int) -> Tensor | None:
     return out
 
 
-def readouts(names: list[str], choice: str = "auto") -> list[str]:
+def fit_atomref(z: Tensor, batch: Tensor, y: Tensor) -> Tensor:
+    r"""Per-element reference values of an extensive label, fitted by least squares on the training structures.
+
+    .. math::
+        e = \arg\min_e \sum_m \Big(y_m - \sum_Z n_{mZ} e_Z\Big)^2
+
+    with n_mZ the number of atoms of element Z in structure m: the part of y that a sum of constants per atom
+    explains (for total energies, roughly each element's free-atom energy), which the network then need not learn.
+    z [N] and batch [N] are the atoms of the M structures, y [M] their labels; returns [100, 1] (float32, zero for
+    elements absent from the training structures). Solved in float64 (energies reach 10^4 eV); elements that
+    always occur in the same proportion make the system rank-deficient, and lstsq's minimum-norm solution is then
+    one of the equally good fits.
+    """
+    elements = z.unique()
+    counts = torch.zeros(len(y), len(elements), dtype=torch.float64)
+    counts.index_put_((batch, torch.searchsorted(elements, z)), torch.ones(len(z), dtype=torch.float64),
+                      accumulate=True)  # [M, E]
+    solution = torch.linalg.lstsq(counts, y.double()[:, None], driver="gelsd").solution  # [E, 1]
+    out = torch.zeros(100, 1)
+    out[elements] = solution.float()
+    return out
+
+
+def readouts(specs: list[Target], choice: str = "auto") -> list[str]:
     """The output module of each target for `--readout`: 'auto' (each target's own, `Target.output`), 'plain'
     (sum or mean by extensivity), or 'add' / 'mean' for every target."""
     if choice == "auto":
-        return [TARGETS[n].output for n in names]
+        return [t.output for t in specs]
     if choice == "plain":
-        return [TARGETS[n].plain_output for n in names]
+        return [t.plain_output for t in specs]
     if choice in ("add", "mean"):
-        return [choice] * len(names)
+        return [choice] * len(specs)
     raise ValueError(f"unknown readout {choice!r}: use auto, plain, add or mean")
+
+
+def label(key: str, column: int, unit: str, source: str, readout: str) -> Target:
+    """A target of the user's own data: label `key`, column `column` of its y. Extensive (sum readout, fitted
+    per-element references) unless `readout` is 'mean'."""
+    extensive = readout != "mean"
+    return Target(key, column, unit, f"label {key!r} of {source}", extensive, "add" if extensive else "mean")
 
 
 def centre_of_mass(pos: Tensor, masses: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
@@ -159,13 +189,31 @@ def centre_of_mass(pos: Tensor, masses: Tensor, batch: Tensor, num_graphs: int) 
     return weighted / total[:, None]
 
 
-def normalisation(names: list[str], outputs: list[str], z: Tensor, pos: Tensor, batch: Tensor, y: Tensor) -> dict:
+def references(specs: list[Target], outputs: list[str], z: Tensor, batch: Tensor, y: Tensor,
+               fit: bool) -> list[Tensor | None]:
+    """Each target's per-element reference values [100, 1] for the sum readout, or None: QM9's free-atom
+    energies for U0, U, H, G; with `fit` (the user's own labels), a least-squares fit on the training structures
+    (`fit_atomref`) for every target read out as a sum. z [N], batch [N], y [M, K] as in `normalisation`."""
+    refs: list[Tensor | None] = []
+    for k, (t, output) in enumerate(zip(specs, outputs)):
+        if output != "add":
+            refs.append(None)
+        elif fit:
+            refs.append(fit_atomref(z, batch, y[:, k]))
+        else:
+            refs.append(atomref(t.name) if t.name in TARGETS else None)
+    return refs
+
+
+def normalisation(outputs: list[str], refs: list[Tensor | None], z: Tensor, pos: Tensor, batch: Tensor,
+                  y: Tensor) -> dict:
     """Standardisation of each target's atom-wise output, from the training molecules only.
 
-    z [N], pos [N, 3], batch [N] are the atoms of the training molecules, y [M, T] their targets (columns in the
-    order of `names`). For each target, a_i = mean + std * o_i with o_i the
+    z [N], pos [N, 3], batch [N] are the atoms of the training molecules, y [M, K] their targets, `outputs` [K]
+    the targets' output modules and `refs` [K] their per-element references ([100, 1] or None, `references`).
+    For each target, a_i = mean + std * o_i with o_i the
     network's raw atom output, where (mean, std) are those of
-        add:             per atom, (y - sum of the free atoms' energies) / n   (atom references: U0, U, H, G)
+        add:             per atom, (y - sum of the per-element references) / n
         mean:            per molecule, y
         spatial_extent:  per molecule, y / sum_i |r_i - R|^2   (so a_i starts near the typical weight)
         dipole:          mean 0, std 1 (latent charges in D/Angstrom: q_i = o_i, neutralised per molecule)
@@ -175,10 +223,9 @@ def normalisation(names: list[str], outputs: list[str], z: Tensor, pos: Tensor, 
     num = len(y)
     n = torch.zeros(num, dtype=torch.float64).index_add_(0, batch, torch.ones_like(batch, dtype=torch.float64))
     out: dict[str, list] = dict(mean=[], std=[], loss_scale=[], atomref=[])
-    for k, (name, output) in enumerate(zip(names, outputs)):
+    for k, (output, ref) in enumerate(zip(outputs, refs)):
         values = y[:, k].double()
-        ref = atomref(name)
-        if ref is not None and output == "add":
+        if ref is not None:
             values = values - torch.zeros(num, dtype=torch.float64).index_add_(0, batch, ref[z, 0].double())
         if output == "add":
             per = values / n
@@ -192,5 +239,5 @@ def normalisation(names: list[str], outputs: list[str], z: Tensor, pos: Tensor, 
         out["mean"].append(0.0 if per is None else float(per.mean()))
         out["std"].append(1.0 if per is None else float(per.std()))
         out["loss_scale"].append(float(values.std()))
-        out["atomref"].append(None if ref is None or output != "add" else ref.flatten().tolist())
+        out["atomref"].append(None if ref is None else ref.flatten().tolist())
     return out

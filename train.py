@@ -1,8 +1,11 @@
-"""Train SchNet on QM9 for one target or several; evaluate on the test split; write figures, metrics, checkpoints.
+"""Train SchNet on QM9 (or your own structures) for one target or several; evaluate on the test split; write
+figures, metrics, checkpoints.
 
     python train.py --target gap                      # full QM9: 110,000 / 10,000 / 10,831 molecules
     python train.py --target gap --time-budget 60     # the same in one hour: the schedule spans the budget
     python train.py --target all                      # the twelve standard properties, one model (targets.py)
+    python train.py --data mine.extxyz --target energy --unit eV   # your own structures (sources.py)
+    python train.py --target gap --init-from models/schnet_qm9_U0.pth  # fine-tune a checkpoint (transfer.py)
     python train_lite.py                              # same loop, smaller defaults (10k subset, small model)
     torchrun --nproc_per_node 2 train_lite.py         # data-parallel, same steps (distributed.py)
 
@@ -33,11 +36,14 @@ import cpu_kernels
 import distributed
 import qm9_data
 import report
+import sources
+import structure_file
 import targets
+import transfer
 from cli import Parser, UserError, resolve_device
 from distributed import World
 from optim import FlatAdam, LossGuard, Schedule, make_ema
-from qm9_data import Batcher, QM9
+from qm9_data import Batcher
 from schnet_model import FULL_CONFIG, SchNet, count_parameters, predict
 
 FULL_DEFAULTS = dict(
@@ -52,6 +58,20 @@ TARGET_HELP = ("QM9 target: a name (" + ", ".join(targets.TARGET_NAMES) + "; cas
 def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--target", default="gap", help=TARGET_HELP)
+    p.add_argument("--data", metavar="FILE", help="train on your own labelled structures instead of QM9: any file "
+                   "ase.io.read reads (extended XYZ, ASE .db, ...); --target then names the label key(s) (a comma "
+                   "list for several): an extended-XYZ comment-line key, an ASE database key-value pair, or a "
+                   "calculator result such as energy. Split 80/10/10 (seeded) unless --split is given; parsed "
+                   "once and cached beside the file (structure_file.py)")
+    p.add_argument("--unit", default="", help="with --data: the unit of the label(s), shown on outputs and figures")
+    p.add_argument("--split", metavar="JSON", help="the train/val/test split of an earlier run (its "
+                   "results/split*.json) instead of a new seeded one")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a checkpoint of this project (a shipped "
+                   "model in models/, or any best_model*.pth): its embedding and interaction blocks are copied, "
+                   "the output layers too for each target of the same name and unit; elements it never saw start "
+                   "fresh (transfer.py)")
+    p.add_argument("--freeze-representation", action="store_true",
+                   help="with --init-from: train only the output layers")
     p.add_argument("--epochs", type=int, default=defaults["epochs"],
                    help="number of epochs; with --time-budget, only a cap")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -64,9 +84,11 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         "and the raw weights is kept (0: no average)")
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
                    help="molecules per training step (under torchrun: in all processes together)")
-    p.add_argument("--lr", type=float, default=defaults["lr"],
-                   help="peak learning rate of Adam (cosine decay); halved after each loss spike, which also rolls "
-                        "the weights back to the last good state")
+    p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                   help=f"peak learning rate of Adam (cosine decay); halved after each loss spike, which also rolls "
+                        f"the weights back to the last good state (default: {defaults['lr']:g}, or "
+                        f"{transfer.FINETUNE_LR:g} with --init-from: docs/TRANSFER.md)")
+    p.set_defaults(default_lr=defaults["lr"])
     p.add_argument("--subset-size", type=int, default=defaults["subset_size"],
                    help="use this many molecules, split 80/10/10 (default: all of QM9, split 110k/10k/rest)")
     p.add_argument("--hidden-channels", "--hidden", type=int, default=defaults["hidden_channels"],
@@ -80,7 +102,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     p.add_argument("--readout", choices=["auto", "plain", "add", "mean"], default="auto",
                    help="output module per target; auto: the dipole from latent charges for mu, the spatial extent "
                         "from squared distances for r2, mean for homo, lumo, gap, A, B, C, sum for the rest; "
-                        "plain: sum or mean only (extensive or intensive); add or mean: that for every target")
+                        "plain: sum or mean only (extensive or intensive); add or mean: that for every target. "
+                        "With --data: add (extensive labels such as energies: a sum over atoms, on top of "
+                        "per-element references fitted by least squares on the training structures) unless "
+                        "mean (intensive labels: the mean over atoms) is given")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",
                    help="with several targets: balanced (each target's standardised loss divided by its running "
@@ -114,12 +139,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g}")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), got {args.ema_decay:g}")
+    if "lr" not in vars(args):  # not given: the default, or the fine-tuning one
+        args.lr = transfer.FINETUNE_LR if args.init_from else args.default_lr
     if not (args.lr > 0 and math.isfinite(args.lr)) or not args.cutoff > 0 or args.patience < 0:
         raise UserError("--lr and --cutoff must be positive and --patience non-negative")
+    if args.freeze_representation and not args.init_from:
+        raise UserError("--freeze-representation keeps the representation of --init-from: give --init-from too")
     try:
-        args.targets = targets.parse(args.target)
+        args.targets = targets.parse(args.target) if args.data is None else structure_file.keys(args.target)
         args.target = ",".join(args.targets)
-        qm9_data.split_sizes(qm9_data.NUM_MOLECULES, args.subset_size)
+        if args.data is None:
+            qm9_data.split_sizes(qm9_data.NUM_MOLECULES, args.subset_size)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -188,10 +218,11 @@ class Trainer:
     """
     SNAPSHOT_EVERY = 200  # steps between the in-memory good states a loss spike rolls back to
 
-    def __init__(self, args: argparse.Namespace, data: QM9, split: dict, meta: dict, device: torch.device,
-                 world: World = World()) -> None:
+    def __init__(self, args: argparse.Namespace, data: sources.Source, split: dict, meta: dict,
+                 device: torch.device, world: World = World(), start: tuple[dict, dict] | None = None) -> None:
         self.args, self.data, self.meta, self.world = args, data, meta, world
         self.names = [t["name"] for t in meta["targets"]]
+        self.units = {t["name"]: t["unit"] for t in meta["targets"]}
         self.columns = torch.tensor([t["column"] for t in meta["targets"]], device=device)
         self.train_idx, self.val_idx, self.test_idx = split["train"], split["val"], split["test"]
         norm = meta["normalisation"]
@@ -200,6 +231,10 @@ class Trainer:
         refs = [torch.zeros(100) if r is None else torch.tensor(r) for r in norm["atomref"]]
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         model = SchNet(**meta["model_config"], mean=norm["mean"], std=norm["std"], atomref=torch.stack(refs, 1))
+        if start is not None:  # --init-from (transfer.py): (its checkpoint, {new output: its output})
+            meta["init_from"] = transfer.initialise(model, *start, args.init_from)
+        if args.freeze_representation:
+            transfer.freeze_representation(model)
         self.model = model.to(device)
         self.optimizer = FlatAdam(self.model, args.lr)
         self.ema = make_ema(self.model, args.ema_decay)
@@ -384,7 +419,7 @@ class Trainer:
         h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes)
         shown = self.names if len(self.names) <= 4 else [n for n in ("gap", "U0", "mu", "cv") if n in self.names]
         maes = " ".join(f"{n} {val[n]['mae']:.4g}" + (f" ({raw[n]['mae']:.4g})" if self.ema else "")
-                        + f" {targets.target_unit(n)}" for n in shown)
+                        + f" {self.units[n]}" for n in shown)
         print(f"epoch {p.epoch + 1:4d}/{self.args.epochs} | train loss {h['train_loss']:.5f} | val "
               + ("" if len(self.names) == 1 else f"score {h['val_score']:.4f} | ") + f"MAE {maes}"
               + ("" if self.ema is None else " (raw weights in brackets)")
@@ -430,6 +465,9 @@ def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
     if state["target"] != meta["target"]:
         raise UserError(f"{path} was trained for target {state['target']!r}, not {meta['target']!r}: "
                         f"resume with --target {state['target']}, or start over without --resume")
+    if state.get("data", "QM9") != meta["data"]:
+        raise UserError(f"{path} was trained on {state.get('data', 'QM9')}, not {meta['data']}: resume with the "
+                        "same --data, or start over without --resume")
     if state["model_config"] != meta["model_config"]:
         raise UserError(f"{path} holds another architecture ({state['model_config']}) than the flags "
                         "ask for: pass the same flags as the interrupted run, or start over without --resume")
@@ -448,7 +486,7 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     """
     args, meta, data, world, names = trainer.args, trainer.meta, trainer.data, trainer.world, trainer.names
     out_dir, test_idx = Path(args.output_dir), trainer.test_idx
-    units = {t["name"]: t["unit"] for t in meta["targets"]}
+    units = trainer.units
     world.barrier()  # rank 0 has written the best checkpoint
     best = checkpoint.load(trainer.best_path)
     model = checkpoint.build_model(best, device)
@@ -463,8 +501,9 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     emb = trainer.predict(model, shown, embeddings=True)
     minutes, epochs_done = p.elapsed / 60, p.step / trainer.steps_per_epoch
     split = meta["split"]
-    metrics = dict(target=meta["target"], targets=names, test=test, test_score=report.score(test, trainer.scales),
-                   test_raw_final_weights=raw, best_val_score=p.best_val, best_epoch=best["epoch"],
+    metrics = dict(data=meta["data"], target=meta["target"], targets=names, test=test,
+                   test_score=report.score(test, trainer.scales), test_raw_final_weights=raw,
+                   best_val_score=p.best_val, best_epoch=best["epoch"],
                    weights=best["weights"], epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
                    spikes=p.spikes, config=meta["model_config"], args=vars(args), command=args.command,
                    processes=world.size, split=dict(seed=args.seed, subset_size=args.subset_size,
@@ -473,7 +512,7 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
                    device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU ({torch.get_num_threads()} threads per process)", wall_time_s=p.elapsed,
                    peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(model), torch=torch.__version__,
-                   kernels=kernels, checkpoint=str(trainer.best_path))
+                   kernels=kernels, checkpoint=str(trainer.best_path), init_from=meta.get("init_from"))
     if not world.main:
         return metrics
     best["metrics"] = {**best["metrics"], "test": test}
@@ -518,46 +557,61 @@ def run(args: argparse.Namespace) -> dict:
     world, device = join_processes(args, resolve_device(args.device))
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    names = args.targets
-    readouts = targets.readouts(names, args.readout)
+    data, specs = sources.open_data(args.data, args.targets, args.unit, args.readout, args.data_dir)
+    names, readouts = args.targets, targets.readouts(specs, args.readout)
     config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
                   num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
                   cutoff=float(args.cutoff), readout=readouts[0] if len(readouts) == 1 else readouts)
     meta = dict(format=checkpoint.CHECKPOINT_FORMAT, target=args.target,
-                targets=[dict(name=n, unit=targets.TARGETS[n].unit, column=targets.TARGETS[n].column, output=r)
-                         for n, r in zip(names, readouts)],
+                targets=[dict(name=t.name, unit=t.unit, column=t.column, output=r) for t, r in zip(specs, readouts)],
                 model_config=config, seed=args.seed, subset_size=args.subset_size, batch_size=args.batch_size,
-                ema_decay=args.ema_decay, time_budget=args.time_budget)
-    try:
-        data = QM9(args.data_dir)
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(str(err)) from None
+                ema_decay=args.ema_decay, time_budget=args.time_budget,
+                data="QM9" if args.data is None else str(Path(args.data).resolve()))
 
     state = load_resume_state(args, meta) if args.resume else None
     if state:
         split = {k: state["split"][k] for k in ("train", "val", "test")}
     else:
-        split = qm9_data.split_indices(len(data), args.subset_size, seed=args.seed)
+        split = sources.make_split(data, args.data, args.split, args.subset_size, args.seed)
     check_shares(split, args.batch_size, world)
     train_mols = Batcher(data)(split["train"])
-    columns = [targets.TARGETS[n].column for n in names]
-    meta["normalisation"] = state["normalisation"] if state else targets.normalisation(
-        names, readouts, train_mols.z, train_mols.pos, train_mols.batch, train_mols.y[:, columns])
+    columns = [t.column for t in specs]
+    y = train_mols.y[:, columns]
+    refs = targets.references(specs, readouts, train_mols.z, train_mols.batch, y, fit=args.data is not None)
+    meta["normalisation"] = targets.normalisation(readouts, refs, train_mols.z, train_mols.pos, train_mols.batch, y)
+    start = None
+    if args.init_from and not state:
+        src = transfer.load_source(args.init_from, config)
+        matches = transfer.matching_outputs(src, meta["targets"])
+        meta["normalisation"] = transfer.carry_normalisation(src, matches, meta["normalisation"])
+        start = (src, matches)
+    if state:
+        meta["normalisation"] = state["normalisation"]
+        if "init_from" in state:
+            meta["init_from"] = state["init_from"]
     meta["split"] = split
     meta["elements"] = train_mols.z.unique().tolist()  # what predict.py accepts
-    trainer = Trainer(args, data, split, meta, device, world)
+    trainer = Trainer(args, data, split, meta, device, world, start)
     p = trainer.restore(state) if state else Progress()
 
     kernels = cpu_kernels.backend() if device.type == "cpu" else "pure PyTorch"
-    what = ", ".join(f"{t['name']} ({t['unit']}, {t['output']})" for t in meta["targets"])
+    fitted = " + per-element references fitted on the training structures" if args.data else ""
+    what = ", ".join(f"{t['name']} ({t['unit'] + ', ' if t['unit'] else ''}{t['output']}"
+                     + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
     print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels}")
     print(f"target{'s' if len(names) > 1 else ''}: {what}"
           + ("" if len(names) == 1 else f" | task weights {args.task_weights}"))
-    print(f"molecules: {len(split['train']):,} train / {len(split['val']):,} val / {len(split['test']):,} test | "
+    print(f"{'molecules' if args.data is None else Path(args.data).name}: {len(split['train']):,} train / "
+          f"{len(split['val']):,} val / {len(split['test']):,} test | "
           f"batch {args.batch_size}, {trainer.steps_per_epoch} steps per epoch | weight average "
           + (f"decay {args.ema_decay:g}" if args.ema_decay else "off")
           + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min")
           + ("" if not world.active else f" | {world.size} processes, {torch.get_num_threads()} thread(s) each"))
+    if "init_from" in meta:
+        init = meta["init_from"]
+        print(f"started from {init['checkpoint']}: embedding of elements {init['elements']} and the interaction "
+              "blocks" + (f", output layers of {', '.join(init['outputs_copied'])}" if init["outputs_copied"] else "")
+              + (" (frozen: only the output layers train)" if args.freeze_representation else ""))
     if state:
         print(f"Resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.step_in_epoch}, "
               f"{p.elapsed / 60:.1f} min spent")

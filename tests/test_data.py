@@ -108,8 +108,9 @@ def test_target_lists() -> None:
     for bad, match in [("gap,gap", "twice"), ("gap,bandgap", "unknown QM9 target"), (",", "empty")]:
         with pytest.raises(ValueError, match=match):
             targets.parse(bad)
-    assert targets.readouts(["mu", "r2", "gap", "U0"]) == ["dipole", "spatial_extent", "mean", "add"]
-    assert targets.readouts(["mu", "r2", "gap", "U0"], "plain") == ["mean", "add", "mean", "add"]
+    specs = [targets.TARGETS[n] for n in ["mu", "r2", "gap", "U0"]]
+    assert targets.readouts(specs) == ["dipole", "spatial_extent", "mean", "add"]
+    assert targets.readouts(specs, "plain") == ["mean", "add", "mean", "add"]
     extensive = [n for n in targets.STANDARD if targets.TARGETS[n].extensive]
     assert extensive == ["alpha", "r2", "zpve", "U0", "U", "H", "G", "cv"]
 
@@ -120,9 +121,11 @@ def test_normalisation_comes_from_the_given_molecules_and_matches_its_definition
     train = torch.arange(0, 5000, 3)
     b = qm9_data.Batcher(qm9)(train)
     names = ["U0", "gap", "r2", "mu"]
-    outputs = targets.readouts(names)
+    specs = [targets.TARGETS[n] for n in names]
+    outputs = targets.readouts(specs)
     y = b.y[:, [7, 4, 5, 0]]
-    norm = targets.normalisation(names, outputs, b.z, b.pos, b.batch, y)
+    refs = targets.references(specs, outputs, b.z, b.batch, y, fit=False)
+    norm = targets.normalisation(outputs, refs, b.z, b.pos, b.batch, y)
     n = torch.bincount(b.batch).double()
     free = torch.zeros(len(train), dtype=torch.float64).index_add_(0, b.batch, targets.atomref("U0")[b.z, 0].double())
     assert norm["mean"][0] == pytest.approx(float(((y[:, 0].double() - free) / n).mean()), rel=1e-9)
@@ -141,7 +144,7 @@ def test_normalisation_comes_from_the_given_molecules_and_matches_its_definition
     assert norm["mean"][2] == pytest.approx(float((y[:, 2].double() / spread).mean()), rel=1e-9)
     assert norm["std"][2] == pytest.approx(float((y[:, 2].double() / spread).std()), rel=1e-9)
     first = qm9_data.Batcher(qm9)(train[:50])
-    other = targets.normalisation(names, outputs, first.z, first.pos, first.batch, first.y[:, [7, 4, 5, 0]])
+    other = targets.normalisation(outputs, refs, first.z, first.pos, first.batch, first.y[:, [7, 4, 5, 0]])
     assert other["mean"][1] != norm["mean"][1]  # it depends on the molecules it is given, nothing else
 
 
