@@ -194,15 +194,8 @@ def references(specs: list[Target], outputs: list[str], z: Tensor, batch: Tensor
     """Each target's per-element reference values [100, 1] for the sum readout, or None: QM9's free-atom
     energies for U0, U, H, G; with `fit` (the user's own labels), a least-squares fit on the training structures
     (`fit_atomref`) for every target read out as a sum. z [N], batch [N], y [M, K] as in `normalisation`."""
-    refs: list[Tensor | None] = []
-    for k, (t, output) in enumerate(zip(specs, outputs)):
-        if output != "add":
-            refs.append(None)
-        elif fit:
-            refs.append(fit_atomref(z, batch, y[:, k]))
-        else:
-            refs.append(atomref(t.name) if t.name in TARGETS else None)
-    return refs
+    return [None if output != "add" else fit_atomref(z, batch, y[:, k]) if fit else atomref(t.name)
+            for k, (t, output) in enumerate(zip(specs, outputs))]
 
 
 def normalisation(outputs: list[str], refs: list[Tensor | None], z: Tensor, pos: Tensor, batch: Tensor,

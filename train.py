@@ -406,12 +406,14 @@ class Trainer:
         self.val_seconds = time.perf_counter() - t
         return val, raw
 
-    def record(self, p: Progress, val: dict, raw: dict, kept: str) -> dict:
-        """The epoch's row of history.csv, and its line on the screen (the score and up to four targets)."""
+    def record(self, p: Progress, val: dict, raw: dict) -> dict:
+        """The epoch's row of history.csv, and its line on the screen (the score and up to four targets). `kept`
+        says which weights validated better by the score: the average (ties included) or the raw ones."""
         seen = min(p.checked_steps * self.args.batch_size, len(self.train_idx))
         lr = self.optimizer.param_groups[0]["lr"]
-        h = dict(epoch=p.epoch + 1, train_loss=p.loss_sum / max(1, p.checked_steps),
-                 val_score=report.score(val, self.scales), val_score_raw=report.score(raw, self.scales), kept=kept)
+        scores = report.score(val, self.scales), report.score(raw, self.scales)
+        h = dict(epoch=p.epoch + 1, train_loss=p.loss_sum / max(1, p.checked_steps), val_score=scores[0],
+                 val_score_raw=scores[1], kept="average" if self.ema is not None and scores[0] <= scores[1] else "raw")
         for k, name in enumerate(self.names):
             h[f"train_mae_{name}"] = p.abs_err_sum[k] / max(1, seen) if p.abs_err_sum else math.nan
             h[f"val_mae_{name}"], h[f"val_mae_raw_{name}"] = val[name]["mae"], raw[name]["mae"]
@@ -434,10 +436,8 @@ class Trainer:
         if p.step_in_epoch:
             val, raw = self.validate()
             p.elapsed = self.world.agree(time.perf_counter() - self.t0)[0]
-            averaged_wins = report.score(val, self.scales) <= report.score(raw, self.scales)
-            kept = "average" if self.ema is not None and averaged_wins else "raw"
-            p.history.append(self.record(p, val, raw, kept))
-            best = min(p.history[-1]["val_score"], p.history[-1]["val_score_raw"])
+            p.history.append(self.record(p, val, raw))
+            best, kept = min(p.history[-1]["val_score"], p.history[-1]["val_score_raw"]), p.history[-1]["kept"]
             if best < p.best_val:
                 p.best_val, p.best_epoch = best, p.epoch + 1
                 weights = self.eval_model if kept == "average" else self.model
