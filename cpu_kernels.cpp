@@ -232,15 +232,13 @@ torch::Tensor radius_pairs(torch::Tensor pos, torch::Tensor batch, double r) {
   return out;
 }
 
-// Autograd nodes, in C++ so that a step does not pay Python's cost of a custom Function per call. First derivatives
-// only: asking for a second (create_graph=True) is refused rather than answered wrongly.
+// Autograd nodes, in C++ so that a step does not pay Python's cost of a custom Function per call. A plain backward
+// runs the fused kernels. A backward that must itself be differentiable (create_graph=True: training on forces,
+// which are a first derivative, needs the second) is written in differentiable operations instead: the
+// aggregation is its own adjoint in x, so dL/dx is again an Aggregate, and the filter and envelope gradients are
+// products of gathered rows; the softplus's derivative is sigmoid(x) of the saved input.
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-void refuse_double_backward() {
-  TORCH_CHECK(!at::GradMode::is_enabled(), "cpu_kernels: only first derivatives are implemented; set "
-              "SCHNET_CPU_KERNELS=0 for higher ones");
-}
 
 struct Aggregate : public torch::autograd::Function<Aggregate> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor w, torch::Tensor c,
@@ -249,23 +247,32 @@ struct Aggregate : public torch::autograd::Function<Aggregate> {
     return aggregate_forward(x, w, c, j, i);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
-    refuse_double_backward();
     auto s = ctx->get_saved_variables();
     const bool need_dc = ctx->needs_input_grad(2);
-    auto d = aggregate_backward(grad[0], s[0], s[1], s[2], s[3], s[4], need_dc);
-    return {d[0], d[1], need_dc ? d[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (!at::GradMode::is_enabled()) {
+      auto d = aggregate_backward(grad[0], s[0], s[1], s[2], s[3], s[4], need_dc);
+      return {d[0], d[1], need_dc ? d[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+    const auto &g = grad[0], &x = s[0], &w = s[1], &c = s[2], &j = s[3], &i = s[4];
+    auto dx = Aggregate::apply(g, w, c, j, i);  // out[i] += x[j] W_p, out[j] += x[i] W_p is symmetric in (i, j)
+    auto both = x.index_select(0, j) * g.index_select(0, i) + x.index_select(0, i) * g.index_select(0, j);  // [P, F]
+    auto dw = both * c.unsqueeze(-1);
+    return {dx, dw, need_dc ? (both * w).sum(-1) : torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 struct ShiftedSoftplus : public torch::autograd::Function<ShiftedSoftplus> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x) {
     auto out = ssp_forward(x);
-    ctx->save_for_backward({out[1]});
+    ctx->save_for_backward({out[1], x});
     return out[0];
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
-    refuse_double_backward();
-    return {grad[0] * ctx->get_saved_variables()[0]};
+    auto s = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {
+      return {grad[0] * torch::sigmoid(s[1])};  // differentiable in the gradient and in x
+    }
+    return {grad[0] * s[0]};
   }
 };
 

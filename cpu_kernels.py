@@ -16,8 +16,9 @@ build is kept in `build/cpu_kernels/` and reused until the source changes). Ever
 machine without a C++ compiler, or `SCHNET_CPU_KERNELS=0` in the environment — runs the pure-PyTorch
 definitions below (`aggregate_reference`, `shifted_softplus_reference`, `gaussians_reference`,
 `radius_pairs_reference`), which tests/test_kernels.py and tests/test_radius.py compare the kernels with (values
-and gradients, float32 and float64). Only first derivatives are implemented: a backward pass with create_graph=True
-through the kernels stops with an error (training on forces would need second derivatives).
+and gradients, float32 and float64). Second derivatives work too: a backward pass with create_graph=True (forces
+F = -dE/dr that a loss then differentiates again) runs differentiable operations instead of the fused backward
+kernels (see cpu_kernels.cpp), and the tests check it with gradgradcheck.
 """
 from __future__ import annotations
 

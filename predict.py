@@ -1,15 +1,18 @@
 """Predict QM9 properties for your own molecules with a trained checkpoint, optionally atom by atom.
 
     python predict.py mol1.xyz traj.extxyz ligand.sdf          # all twelve properties, shipped all-target model
+    python predict.py --smiles CCO c1ccccc1O                   # from SMILES (RDKit geometries, smiles.py)
+    python predict.py mols.smi --csv out.csv                   # a .smi file: a SMILES per line, a name optional
     python predict.py --target mu mol1.xyz                      # one of them
     python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0)
     python predict.py --checkpoint checkpoints/best_model_all.pth mol1.xyz   # every property of your model
-    python predict.py --checkpoint checkpoints/best_model.pth mol1.xyz
     python predict.py --checkpoint checkpoints/best_model_lite.pth --per-atom --csv out.csv water.xyz
 
 Structures are read with ASE (ase.io.read), so XYZ, extended XYZ, SDF/MOL, PDB, CIF and every other format ASE
-reads work; a file with several frames gives one row per frame, with a column per property. The checkpoint carries
-the architecture, targets, units and normalisation. Coordinates must be in Angstrom (ASE's unit).
+reads work; a file with several frames gives one row per frame, with a column per property. A .smi file (a SMILES
+per line, a name after it optional) and --smiles give structures from RDKit. The checkpoint carries the
+architecture, targets, units and normalisation. Coordinates must be in Angstrom (ASE's unit). The note column
+says when a structure lies outside what the model was trained on (domain.py).
 """
 from __future__ import annotations
 
@@ -17,66 +20,22 @@ import csv
 import io
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import checkpoint
+import domain
 import plots
 from cli import Parser, UserError, resolve_device
-from qm9_data import MAX_ATOMS, atomic_write
+from molecules import Molecule, read_inputs
+from qm9_data import atomic_write
 from targets import STANDARD, target_name
 
 REPO = Path(__file__).resolve().parent
 SHIPPED = {name: REPO / "models" / f"schnet_qm9_{name}.pth" for name in ("all", "gap", "U0")}
 DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model
-MIN_DISTANCE = 0.5  # Angstrom; closer atoms mean a broken geometry (QM9's shortest bonds, O-H and N-H, are ~1 A)
-
-
-@dataclass
-class Molecule:
-    file: str
-    frame: int
-    formula: str
-    z: np.ndarray  # [n] atomic numbers
-    pos: np.ndarray  # [n, 3] Angstrom
-
-
-def read_structures(paths: list[str], allowed: set[int]) -> list[Molecule]:
-    """Every frame of every file, checked against the elements the model was trained on."""
-    import ase.io
-    from ase.data import chemical_symbols
-
-    molecules = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
-        try:
-            frames = ase.io.read(path, index=":")
-        except Exception as err:  # ASE raises many types; its message often names the line
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"{path}: cannot read it as a structure ({detail})") from None
-        if not frames:
-            raise UserError(f"{path}: no structure in the file")
-        for k, atoms in enumerate(frames):
-            z = atoms.get_atomic_numbers()
-            if len(z) == 0:
-                raise UserError(f"{path}: frame {k} has no atoms")
-            unknown = sorted(set(z.tolist()) - allowed)
-            if unknown:
-                names = ", ".join(chemical_symbols[u] for u in unknown)
-                seen = ", ".join(chemical_symbols[a] for a in sorted(allowed))
-                raise UserError(f"{path}: element {names} (frame {k}) was never seen in training; "
-                                f"this model knows {seen}")
-            pos = atoms.get_positions()
-            bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
-            if len(bad):
-                raise UserError(f"{path}: frame {k}, atom {bad[0]} ({chemical_symbols[z[bad[0]]]}) has coordinates "
-                                f"{pos[bad[0]].tolist()}: every coordinate must be a finite number in Angstrom")
-            molecules.append(Molecule(path, k, atoms.get_chemical_formula(), z, pos))
-    return molecules
 
 
 @torch.no_grad()
@@ -96,33 +55,6 @@ def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device:
         preds.append(per_mol.cpu().numpy())
         contributions.extend(t.cpu().numpy() for t in a.split(counts.tolist()))
     return np.concatenate(preds), contributions
-
-
-def closest_pair(pos: np.ndarray) -> tuple[int, int, float]:
-    """The two closest atoms (i < j) of a structure [n, 3] and their distance in Angstrom; (-1, -1, inf) for n < 2.
-
-    A k-d tree's nearest neighbours (scipy, which scikit-learn installs), O(n log n): a large PDB file would not
-    fit an n x n distance matrix.
-    """
-    from scipy.spatial import cKDTree
-
-    if len(pos) < 2:
-        return -1, -1, float("inf")
-    dist, nearest = cKDTree(pos).query(pos, k=2)  # [n, 2]: each atom itself, then its nearest neighbour
-    i = int(np.argmin(dist[:, 1]))
-    j = int(nearest[i, 1])
-    return min(i, j), max(i, j), float(dist[i, 1])
-
-
-def note(m: Molecule) -> str:
-    """Why a prediction for this structure should not be trusted, or ''."""
-    notes = []
-    i, j, d = closest_pair(m.pos)
-    if d < MIN_DISTANCE:
-        notes.append(f"atoms {i} and {j} only {d:.2f} A apart: broken geometry")
-    if len(m.z) > MAX_ATOMS:
-        notes.append(f"outside QM9 (> {MAX_ATOMS} atoms)")
-    return "; ".join(notes)
 
 
 def resolve_checkpoint(path: str | None, target: str | None) -> Path:
@@ -169,15 +101,54 @@ def describe(path: Path, ckpt: dict) -> str:
     return f"model: {os.path.relpath(path)} (SchNet, {what})"
 
 
+def max_heavy_atoms(ckpt: dict) -> int | None:
+    """The most heavy atoms of any training molecule: recorded by train.py; QM9's 9 for older QM9 checkpoints."""
+    if "max_heavy_atoms" in ckpt:
+        return int(ckpt["max_heavy_atoms"])
+    return domain.QM9_MAX_HEAVY_ATOMS if ckpt.get("data", "QM9") == "QM9" else None
+
+
+def relax_all(molecules: list[Molecule], path: str | None, fmax: float, steps: int) -> list[float]:
+    """Relaxes every molecule in place on the U0 model's surface (ase_calculator.py); returns how far each moved
+    (aligned RMSD to its input geometry, Angstrom) and notes the ones that did not converge."""
+    from tqdm.auto import tqdm
+
+    import ase_calculator
+
+    calc = ase_calculator.SchNetCalculator(path or SHIPPED["U0"])
+    moved = []
+    for m in tqdm(molecules, desc="Relaxing", unit="mol", disable=None if len(molecules) > 1 else True):
+        start = m.pos
+        m.pos, taken, converged = ase_calculator.relax(m.z, m.pos, calc, fmax, steps)
+        moved.append(ase_calculator.aligned_rmsd(start, m.pos) if len(m.z) > 1 else 0.0)
+        if not converged:
+            m.notes.append(f"relaxation not converged in {taken} steps (fmax {fmax:g} eV/A)")
+    return moved
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = Parser(description=__doc__.split("\n\n")[0] + " Formats: anything ase.io.read reads "
-               "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...).")
-    p.add_argument("files", nargs="+", help="structure files (Angstrom); multi-frame files give one row per frame")
+               "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...), .smi files and --smiles. With several inputs, one "
+               "that cannot be read, parsed or embedded gets one line on stderr and the others are still printed; "
+               "the exit status is then 1 and no --csv is written.")
+    p.add_argument("files", nargs="*", help="structure files (Angstrom; multi-frame files give one row per frame) "
+                   "and .smi files (a SMILES per line, optionally a name after it)")
+    p.add_argument("--smiles", nargs="+", default=[], metavar="SMILES",
+                   help="molecules as SMILES: hydrogens added, 3D structure by RDKit's ETKDG embedding and MMFF94 "
+                   "optimisation, seeded (the same SMILES always gives the same numbers)")
     p.add_argument("--target", help="one property to report (mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, "
                    "cv), or all (the default: every output). Without --checkpoint, gap and U0 come from their "
                    "dedicated shipped models (models/schnet_qm9_gap.pth, _U0.pth), everything else from the "
                    "shipped all-target model (models/schnet_qm9_all.pth)")
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (default: the shipped model for --target)")
+    p.add_argument("--relax", action="store_true", help="first relax each structure (BFGS) with the energy and "
+                   "forces of the U0 model (ase_calculator.py); adds the column relax_rmsd (A moved). The shipped U0 "
+                   "model is not yet a potential: it moves QM9 molecules ~0.65 A off their DFT minima and makes "
+                   "predictions worse (docs/POTENTIAL.md)")
+    p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: models/schnet_qm9_U0.pth)")
+    p.add_argument("--relax-fmax", type=float, default=0.01, help="--relax stops when every force is below this "
+                   "(eV/A)")
+    p.add_argument("--relax-steps", type=int, default=1000, help="--relax stops after this many BFGS steps")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file, one column per property "
                    "named by its target (mu, alpha, ..., cv), in the units of the printed header")
     p.add_argument("--per-atom", action="store_true",
@@ -187,8 +158,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
     args = p.parse_args(argv)
     try:
-        if args.batch_size <= 0:
-            raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+        if not args.files and not args.smiles:
+            raise UserError("give structure files, .smi files or --smiles")
+        if args.batch_size <= 0 or args.relax_steps <= 0 or not args.relax_fmax > 0:
+            raise UserError("--batch-size, --relax-steps and --relax-fmax must be positive")
         device = resolve_device(args.device)
         if args.target not in (None, "all"):
             try:
@@ -199,26 +172,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ckpt = checkpoint.load(path)
         shown = select(ckpt, path, args.target)
         model = checkpoint.build_model(ckpt, device)
-        molecules = read_structures(args.files, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
+        molecules, errors = read_inputs(args.files, args.smiles, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
+        moved = relax_all(molecules, args.relax_checkpoint, args.relax_fmax, args.relax_steps) if args.relax else []
+        for m in molecules:  # of the geometry predicted from: the relaxed one with --relax
+            m.notes = domain.notes(m.z, m.pos, model.cutoff, max_heavy_atoms(ckpt), m.charge) + m.notes
+        if not molecules:
+            sys.exit("\n".join(f"error: {e}" for e in errors))
         preds, contributions = predict_molecules(model, molecules, device, args.batch_size)
     except UserError as err:
         sys.exit(f"error: {err}")
 
     names = [ckpt["targets"][k]["name"] for k in shown]
     units = [ckpt["targets"][k]["unit"] for k in shown]
+    with_smiles = any(m.smiles for m in molecules)
     rows = [dict(file=m.file, frame=m.frame, formula=m.formula, atoms=len(m.z),
-                 **{n: float(v[k]) for n, k in zip(names, shown)}, note=note(m)) for m, v in zip(molecules, preds)]
+                 **(dict(smiles=m.smiles, name=m.name) if with_smiles else {}),
+                 **({"relax_rmsd": moved[i]} if args.relax else {}),
+                 **{n: float(v[k]) for n, k in zip(names, shown)}, note="; ".join(m.notes))
+            for i, (m, v) in enumerate(zip(molecules, preds))]
     print(describe(path, ckpt))
-    width = max(len(r["file"]) for r in rows)
-    headers = [plots.quantity(n, u) for n, u in zip(names, units)]
-    widths = [max(12, len(h)) for h in headers]
-    print(f"{'file':<{width}}  frame  {'formula':<12} atoms  "
-          + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths)) + "  note")
-    for r in rows:
-        print(f"{r['file']:<{width}}  {r['frame']:>5}  {r['formula']:<12} {r['atoms']:>5}  "
-              + "  ".join(f"{r[n]:>{w}.5f}" for n, w in zip(names, widths)) + f"  {r['note']}")
+    print_table(rows, names, units, with_smiles, args.relax)
     if args.per_atom:
         draw_contributions(model, molecules, contributions, shown, names, units, args.output_dir)
+    if errors:  # the good rows are printed above; the CSV is written only when every input was good
+        print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
+        sys.exit(1)
     if args.csv:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -227,6 +205,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with atomic_write(args.csv) as tmp:
             tmp.write_text(buf.getvalue())
     return rows
+
+
+def print_table(rows: list[dict], names: list[str], units: list[str], with_smiles: bool, relaxed: bool) -> None:
+    """The rows, aligned, with each property's unit in its header."""
+    width = max(len(r["file"]) for r in rows)
+    headers = [plots.quantity(n, u) for n, u in zip(names, units)]
+    widths = [max(12, len(h)) for h in headers]
+    sw = max([len(r.get("smiles", "")) for r in rows] + [6])
+    print(f"{'file':<{width}}  frame  {'formula':<12} atoms  " + (f"{'smiles':<{sw}}  " if with_smiles else "")
+          + ("relax_rmsd (A)  " if relaxed else "")
+          + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths)) + "  note")
+    for r in rows:
+        print(f"{r['file']:<{width}}  {r['frame']:>5}  {r['formula']:<12} {r['atoms']:>5}  "
+              + (f"{r['smiles']:<{sw}}  " if with_smiles else "")
+              + (f"{r['relax_rmsd']:>14.4f}  " if relaxed else "")
+              + "  ".join(f"{r[n]:>{w}.5f}" for n, w in zip(names, widths)) + f"  {r['note']}")
 
 
 def draw_contributions(model: torch.nn.Module, molecules: list[Molecule], contributions: list[np.ndarray],

@@ -79,6 +79,19 @@ def qm9pack_data_dir() -> Path:
     return folder
 
 
+def read_smiles(folder: Path | None = None) -> dict[int, str]:
+    """QM9's SMILES by gdb index (qm9pack's SMILES column, one string per molecule), read on demand:
+    they are not part of the cached tensors."""
+    import pandas as pd
+
+    folder = folder or qm9pack_data_dir()
+    out: dict[int, str] = {}
+    for path in sorted(folder.glob("qm9_part*.csv")):
+        df = pd.read_csv(path, usecols=["Index", "SMILES"])
+        out.update(zip(df["Index"].astype(int).tolist(), df["SMILES"].astype(str).tolist()))
+    return out
+
+
 def _source_fingerprint(folder: Path) -> str:
     """Identifies the CSV release and this parser: a cache made from anything else is stale."""
     try:

@@ -591,6 +591,9 @@ def run(args: argparse.Namespace) -> dict:
             meta["init_from"] = state["init_from"]
     meta["split"] = split
     meta["elements"] = train_mols.z.unique().tolist()  # what predict.py accepts
+    heavy = torch.zeros(len(split["train"]), dtype=torch.long).index_add_(0, train_mols.batch,
+                                                                       (train_mols.z > 1).long())
+    meta["max_heavy_atoms"] = int(heavy.max())  # predict.py notes larger molecules (domain.py)
     trainer = Trainer(args, data, split, meta, device, world, start)
     p = trainer.restore(state) if state else Progress()
 

@@ -80,10 +80,27 @@ def test_shifted_softplus_gradcheck() -> None:
     assert torch.autograd.gradcheck(cpu_kernels.shifted_softplus, (x.detach().requires_grad_(),))
 
 
-def test_second_derivatives_are_refused_not_wrong() -> None:
-    x = torch.randn(20, 4, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="only first derivatives"):
-        torch.autograd.grad(cpu_kernels.shifted_softplus(x).sum(), x, create_graph=True)
+def test_second_derivatives_agree_with_the_definitions() -> None:
+    """create_graph=True through the kernels (what a force loss needs): gradgradcheck, and the same second-order
+    gradients as the pure-PyTorch definitions."""
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.rand(20, dtype=torch.float64, requires_grad=True)
+    j = torch.randint(0, 5, (20,))
+    pairs = torch.stack([j, j + torch.randint(1, 5, (20,))])
+    assert torch.autograd.gradgradcheck(lambda x, w, c: cpu_kernels.aggregate(x, w, c, pairs), (x, w, c))
+    assert torch.autograd.gradgradcheck(cpu_kernels.shifted_softplus, (x,))
+
+    def second_order(fn) -> tuple[torch.Tensor, ...]:
+        grads = torch.autograd.grad(fn(x, w, c).square().sum(), (x, w, c), create_graph=True)
+        return torch.autograd.grad(sum(g.square().sum() for g in grads), (x, w, c))
+
+    fused = second_order(lambda x, w, c: cpu_kernels.shifted_softplus(cpu_kernels.aggregate(x, w, c, pairs)))
+    reference = second_order(lambda x, w, c: cpu_kernels.shifted_softplus_reference(
+        cpu_kernels.aggregate_reference(x, w, c, pairs)))
+    for a, b in zip(fused, reference):
+        torch.testing.assert_close(a, b)
 
 
 def test_model_is_the_same_function_with_and_without_kernels(monkeypatch) -> None:
@@ -105,6 +122,28 @@ def test_model_is_the_same_function_with_and_without_kernels(monkeypatch) -> Non
     assert torch.allclose(out_k, out_r, rtol=0, atol=1e-10)
     for a, b in zip(g_k, g_r):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_force_loss_gradients_are_the_same_with_and_without_kernels(monkeypatch) -> None:
+    """A loss on the forces F = -dE/dr (second derivatives through the whole model, float64): every parameter
+    gets the same gradient from the fused path as from the pure-PyTorch one."""
+    torch.manual_seed(1)
+    model = SchNet(hidden_channels=16, num_filters=12, num_interactions=2, num_gaussians=8, cutoff=4.0).double()
+    z = torch.randint(1, 10, (14,))
+    pos = torch.randn(14, 3, dtype=torch.float64) * 1.5
+    batch = torch.repeat_interleave(torch.arange(2), torch.tensor([6, 8]))
+    grads = []
+    for kernels in (True, False):
+        if not kernels:
+            monkeypatch.setattr(cpu_kernels, "_module", None)
+        model.zero_grad()
+        r = pos.clone().requires_grad_(True)
+        forces = -torch.autograd.grad(model(z, r, batch).sum(), r, create_graph=True)[0]  # [N, 3]
+        forces.square().sum().backward()  # (biases that only shift the energy get no gradient)
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()])
+    assert any(float(g.abs().max()) > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])

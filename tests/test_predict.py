@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt_io
+import domain
 import predict
 import qm9_data
 from schnet_model import predict as predict_batches
@@ -84,7 +85,11 @@ def test_large_molecules_are_flagged(checkpoint: Path, qm9, tmp_path: Path) -> N
     b.translate((30.0, 0, 0))
     ase.io.write(tmp_path / "big.xyz", a + b)
     rows = predict.main(["--checkpoint", str(checkpoint), "--device", "cpu", str(tmp_path / "big.xyz")])
-    assert rows[0]["atoms"] == 58 and "outside QM9" in rows[0]["note"]
+    assert rows[0]["atoms"] == 58
+    assert "2 fragments farther apart than the cutoff (5 A)" in rows[0]["note"]
+    heavy = int((a.numbers > 1).sum() + (b.numbers > 1).sum())
+    limit = torch.load(checkpoint, weights_only=True)["max_heavy_atoms"]
+    assert f"{heavy} heavy atoms, more than any training molecule ({limit})" in rows[0]["note"]
 
 
 def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
@@ -99,7 +104,7 @@ def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
     cases = [
         (ck + ["missing.xyz"], "missing.xyz: no such file"),
         (ck + ["ok.xyz", "broken.xyz"], "broken.xyz: cannot read it as a structure"),
-        (ck + ["silane.xyz"], "element Si (frame 0) was never seen in training"),
+        (ck + ["silane.xyz"], "silane.xyz (frame 0): element Si was never seen in training"),
         (["--checkpoint", "notes.pth", "ok.xyz"], "not a readable PyTorch checkpoint"),
         (["--checkpoint", "truncated.pth", "ok.xyz"], "not a readable PyTorch checkpoint"),
         (["--checkpoint", "foreign.pth", "ok.xyz"], "not a checkpoint of this project"),
@@ -109,6 +114,8 @@ def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
         assert not (tmp_path / "out.csv").exists()
+    proc = run(ck + ["ok.xyz", "broken.xyz"], tmp_path)  # the good input is still predicted, and printed
+    assert proc.returncode == 1 and proc.stdout.splitlines()[2].startswith("ok.xyz ")
 
 
 def test_non_finite_coordinates_are_refused_naming_file_frame_and_atom(checkpoint: Path, qm9,
@@ -136,7 +143,7 @@ def test_atoms_closer_than_half_an_angstrom_are_flagged(checkpoint: Path, qm9, t
     rows = predict.main(["--checkpoint", str(checkpoint), "--device", "cpu", str(tmp_path / "two.extxyz")])
     assert rows[0]["note"] == ""
     assert "atoms 2 and 4 only 0.30 A apart" in rows[1]["note"] and "broken geometry" in rows[1]["note"]
-    assert predict.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
+    assert domain.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
 
 
 @pytest.mark.parametrize("name", ["gap", "U0", "all"])

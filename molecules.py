@@ -1,0 +1,112 @@
+"""What predict.py reads, as one kind of record: structure files (anything ase.io.read reads), .smi files and SMILES
+strings. Each input gives its molecules or one error line; a bad input never stops the others.
+
+    molecules, errors = molecules.read_inputs(["a.xyz", "mols.smi"], ["CCO"], allowed={1, 6, 7, 8, 9})
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import smiles as smiles_3d
+from cli import UserError
+
+
+@dataclass
+class Molecule:
+    file: str  # the structure file, the .smi file, or "--smiles"
+    frame: int  # frame of the file, entry of the .smi file, position among --smiles (from 0)
+    formula: str
+    z: np.ndarray  # [n] atomic numbers
+    pos: np.ndarray  # [n, 3] Angstrom
+    smiles: str = ""  # the SMILES it was built from, and its name in the .smi file
+    name: str = ""
+    charge: int | None = None  # net formal charge, known for a SMILES; None: taken as neutral
+    notes: list[str] = field(default_factory=list)  # why not to trust its prediction (domain.py, relaxation)
+
+
+def _formula(z: np.ndarray) -> str:
+    from ase import Atoms
+
+    return Atoms(numbers=z).get_chemical_formula()
+
+
+def check_elements(z: np.ndarray, allowed: set[int], where: str) -> None:
+    from ase.data import chemical_symbols
+
+    unknown = sorted(set(z.tolist()) - allowed)
+    if unknown:
+        names = ", ".join(chemical_symbols[u] for u in unknown)
+        seen = ", ".join(chemical_symbols[a] for a in sorted(allowed))
+        raise UserError(f"{where}: element {names} was never seen in training; this model knows {seen}")
+
+
+def read_structure_file(path: str, allowed: set[int]) -> list[Molecule]:
+    """Every frame of a structure file, checked: readable, atoms, elements the model knows, finite coordinates."""
+    import ase.io
+    from ase.data import chemical_symbols
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as err:  # ASE raises many types; its message often names the line
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot read it as a structure ({detail})") from None
+    if not frames:
+        raise UserError(f"{path}: no structure in the file")
+    out = []
+    for k, atoms in enumerate(frames):
+        z = atoms.get_atomic_numbers()
+        if len(z) == 0:
+            raise UserError(f"{path}: frame {k} has no atoms")
+        check_elements(z, allowed, f"{path} (frame {k})")
+        pos = atoms.get_positions()
+        bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+        if len(bad):
+            raise UserError(f"{path}: frame {k}, atom {bad[0]} ({chemical_symbols[z[bad[0]]]}) has coordinates "
+                            f"{pos[bad[0]].tolist()}: every coordinate must be a finite number in Angstrom")
+        out.append(Molecule(path, k, atoms.get_chemical_formula(), z, pos))
+    return out
+
+
+def from_smiles(text: str, allowed: set[int], file: str, index: int, name: str = "") -> Molecule:
+    """One SMILES as a Molecule with an RDKit geometry (smiles.py); UserError naming the SMILES if it cannot be."""
+    try:
+        mol = smiles_3d.parse(text)
+        z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+        check_elements(z, allowed, f"SMILES {text!r}")
+        z, pos = smiles_3d.embed_molecule(mol, text)
+    except smiles_3d.SmilesError as err:
+        raise UserError(str(err)) from None
+    return Molecule(file, index, _formula(z), z, pos, smiles=text, name=name, charge=smiles_3d.charge(mol))
+
+
+def read_inputs(paths: list[str], smiles: list[str], allowed: set[int]) -> tuple[list[Molecule], list[str]]:
+    """The molecules of every input (files in order, then --smiles) and one error line per input that failed."""
+    molecules, errors = [], []
+    for path in paths:
+        try:
+            if Path(path).suffix.lower() == ".smi":
+                if not Path(path).is_file():
+                    raise UserError(f"{path}: no such file")
+                entries = smiles_3d.read_smi(path)
+                if not entries:
+                    raise UserError(f"{path}: no SMILES in the file")
+                for k, (line, text, name) in enumerate(entries):
+                    try:
+                        molecules.append(from_smiles(text, allowed, path, k, name))
+                    except UserError as err:
+                        errors.append(f"{path} line {line}: {err}")
+            else:
+                molecules.extend(read_structure_file(path, allowed))
+        except UserError as err:
+            errors.append(str(err))
+    for k, text in enumerate(smiles):
+        try:
+            molecules.append(from_smiles(text, allowed, "--smiles", k))
+        except UserError as err:
+            errors.append(str(err))
+    return molecules, errors

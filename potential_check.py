@@ -1,0 +1,149 @@
+"""Is an energy model a usable potential? The checks of issue 15 on QM9 test molecules, measured the same way for
+every model:
+
+    python potential_check.py                                   # the shipped U0 model
+    python potential_check.py --checkpoint checkpoints/best_model_U0.pth --molecules 100
+
+QM9's geometries are DFT minima, so on a good potential:
+    forces    the largest atomic force at the DFT geometry is ~0 (goal: median <= 0.1 eV/A);
+    relax     BFGS from the DFT geometry displaced by Gaussian noise (0.05 A per coordinate, seeded) returns to it
+              (goal: aligned RMSD <= 0.05 A, and no two atoms closer than 0.9 A);
+    md        100 fs of NVE molecular dynamics at 300 K (velocity Verlet, 0.5 fs steps, Maxwell-Boltzmann start
+              without net momentum or rotation) keeps the total energy (goal: max |E(t) - E(0)| <= 10 meV);
+    accuracy  the U0 test MAE on the whole test split stays that of a good model (goal: <= 0.025 eV).
+The molecules are the first M of a seeded permutation of the standard test split. Prints one table and writes the
+per-molecule numbers and their summary to --output (JSON).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import ase_calculator
+import checkpoint
+import qm9_data
+from cli import Parser, UserError
+from schnet_model import predict
+
+GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_mev=10.0, u0_mae=0.025)
+
+
+def sample(n: int, seed: int) -> list[int]:
+    test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
+    g = torch.Generator().manual_seed(seed)
+    return test[torch.randperm(len(test), generator=g)[:n]].tolist()
+
+
+def thermalise(atoms, temperature: float, seed: int) -> None:
+    """Maxwell-Boltzmann momenta at `temperature` (K), then no net momentum and no net rotation."""
+    from ase.md import velocitydistribution as vd
+
+    draw = getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)  # renamed in ASE 3.29
+    draw(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    vd.Stationary(atoms)
+    vd.ZeroRotation(atoms)
+
+
+def nve_drift(atoms, calc, fs: float = 100.0, dt_fs: float = 0.5, temperature: float = 300.0,
+              seed: int = 0) -> float:
+    """max_t |E_total(t) - E_total(0)| in eV over an NVE trajectory of `fs` femtoseconds from `atoms`."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    thermalise(atoms, temperature, seed)
+    e0 = atoms.get_total_energy()
+    worst = 0.0
+    dyn = VelocityVerlet(atoms, dt_fs * units.fs)
+    for _ in range(round(fs / dt_fs)):
+        dyn.run(1)
+        worst = max(worst, abs(atoms.get_total_energy() - e0))
+    return worst
+
+
+def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> dict:
+    from ase import Atoms
+
+    from domain import closest_pair
+
+    d = qm9[i]
+    z, dft = d.z.numpy(), d.pos.double().numpy()
+    atoms = Atoms(numbers=z, positions=dft)
+    atoms.calc = calc
+    max_force = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+    rng = np.random.default_rng(seed * 1_000_003 + i)
+    pos, steps, converged = ase_calculator.relax(z, dft + rng.normal(scale=noise, size=dft.shape), calc)
+    return dict(index=i, atoms=len(z), max_force=max_force, relax_rmsd=ase_calculator.aligned_rmsd(dft, pos),
+                relax_min_distance=closest_pair(pos)[2], relax_steps=steps, relax_converged=converged,
+                md_drift_mev=1000 * nve_drift(atoms, calc, seed=seed + i))
+
+
+def summarise(rows: list[dict], u0_mae: float) -> dict:
+    f = np.array([r["max_force"] for r in rows])
+    rmsd = np.array([r["relax_rmsd"] for r in rows])
+    dmin = np.array([r["relax_min_distance"] for r in rows])
+    drift = np.array([r["md_drift_mev"] for r in rows])
+    back = (rmsd <= GOALS["relax_rmsd"]) & (dmin >= GOALS["min_distance"])
+    return dict(molecules=len(rows), max_force_median=float(np.median(f)), max_force_p90=float(np.quantile(f, 0.9)),
+                relax_rmsd_median=float(np.median(rmsd)), relax_rmsd_mean=float(rmsd.mean()),
+                relax_returned=float(back.mean()), relax_min_distance_min=float(dmin.min()),
+                relax_too_close=int((dmin < GOALS["min_distance"]).sum()),
+                md_drift_median_mev=float(np.median(drift)), md_drift_max_mev=float(drift.max()),
+                md_within_goal=float((drift <= GOALS["md_drift_mev"]).mean()), u0_test_mae=u0_mae)
+
+
+def print_summary(s: dict, path: Path) -> None:
+    print(f"model: {os.path.relpath(path)}, {s['molecules']} QM9 test molecules")
+    print(f"  largest atomic force at the DFT geometry: median {s['max_force_median']:.3f} eV/A, "
+          f"90th percentile {s['max_force_p90']:.3f} (goal: median <= {GOALS['max_force_median']})")
+    print(f"  relaxed from 0.05 A noise: RMSD to DFT median {s['relax_rmsd_median']:.3f} A, mean "
+          f"{s['relax_rmsd_mean']:.3f}; back within {GOALS['relax_rmsd']} A with no pair < {GOALS['min_distance']} "
+          f"A: {100 * s['relax_returned']:.0f} %; closest pair {s['relax_min_distance_min']:.2f} A, "
+          f"{s['relax_too_close']} molecules with a pair < {GOALS['min_distance']} A")
+    print(f"  NVE 100 fs at 300 K, 0.5 fs: |E(t) - E(0)| max median {s['md_drift_median_mev']:.1f} meV, worst "
+          f"{s['md_drift_max_mev']:.1f}; within {GOALS['md_drift_mev']:g} meV: {100 * s['md_within_goal']:.0f} %")
+    print(f"  U0 test MAE (10,831 molecules): {s['u0_test_mae']:.4f} eV (goal <= {GOALS['u0_mae']})")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=ase_calculator.SHIPPED_U0, help="an energy checkpoint")
+    p.add_argument("--target", help="its energy output (default: its only output, or U0)")
+    p.add_argument("--molecules", type=int, default=100, help="QM9 test molecules checked")
+    p.add_argument("--noise", type=float, default=0.05, help="displacement before relaxing, A per coordinate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample, the displacements and the velocities")
+    p.add_argument("--data-dir", default="data", help="QM9 cache folder")
+    p.add_argument("--output", type=Path, default=Path("results/potential_check.json"), help="the JSON written")
+    args = p.parse_args(argv)
+    try:
+        if args.molecules <= 0 or not args.noise > 0:
+            raise UserError("--molecules and --noise must be positive")
+        calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target)
+        qm9 = qm9_data.QM9(args.data_dir)
+        ckpt = checkpoint.load(args.checkpoint)
+        test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
+        pred = predict(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), test, 512)[:, calc.output]
+        column = ckpt["targets"][calc.output]["column"]
+        u0_mae = float((pred.double() - qm9.y[test, column].double()).abs().mean())
+        rows = [check_molecule(qm9, i, calc, args.noise, args.seed)
+                for i in tqdm(sample(args.molecules, args.seed), desc="Checking", unit="mol")]
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    summary = summarise(rows, u0_mae)
+    print_summary(summary, args.checkpoint)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with qm9_data.atomic_write(args.output) as tmp:
+        tmp.write_text(json.dumps(dict(checkpoint=str(args.checkpoint), goals=GOALS, summary=summary, molecules=rows,
+                                       args={k: str(v) for k, v in vars(args).items()}), indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
