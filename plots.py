@@ -1,5 +1,5 @@
 """The figures: test predictions, loss curves and t-SNE of molecule embeddings (train.py), per-atom contributions
-(predict.py).
+and attributions (predict.py).
 
 Each function takes plain arrays and a path, and writes the PNG atomically (a reader never sees half a file).
 """
@@ -137,32 +137,64 @@ def plot_tsne(embeddings: np.ndarray, values: np.ndarray, target: str, unit: str
     save_figure(fig, path)
 
 
-def plot_contributions(z: np.ndarray, pos: np.ndarray, values: np.ndarray, label: str, unit: str, title: str,
-                       path: Path) -> None:
-    """One molecule (z [n], pos [n, 3] in Angstrom) drawn on its plane of largest extent: atoms sized by element,
-    coloured by `values` [n] on a diverging scale around their mean, bonds between close pairs."""
+def _draw_molecule(fig: plt.Figure, ax: plt.Axes, z: np.ndarray, pos: np.ndarray, values: np.ndarray, label: str,
+                   norm, cmap: str) -> None:
+    """One molecule (z [n], pos [n, 3] in Angstrom) on its plane of largest extent: atoms sized by element and
+    coloured by `values` [n] on `norm`, bonds between close pairs, a colour bar labelled `label`."""
     from ase.data import chemical_symbols, covalent_radii
-    from matplotlib.colors import TwoSlopeNorm
 
     centred = pos - pos.mean(0)
     axes = np.linalg.svd(centred, full_matrices=False)[2] if len(z) > 1 else np.eye(3)
     xy = centred @ axes[:2].T if len(z) > 1 else np.zeros((1, 2))
     radii = covalent_radii[z]
-    fig, ax = plt.subplots(figsize=(6.2, 5.2))
     d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
     for i, j in zip(*np.nonzero(np.triu(d < 1.2 * (radii[:, None] + radii[None]), k=1))):
         ax.plot(xy[[i, j], 0], xy[[i, j], 1], color="0.55", lw=2, zorder=1)
-    centre = float(values.mean())
-    spread = float(np.abs(values - centre).max()) or 1e-9
-    norm = TwoSlopeNorm(vcenter=centre, vmin=centre - spread, vmax=centre + spread)
-    sc = ax.scatter(xy[:, 0], xy[:, 1], s=900 * radii**2, c=values, cmap="RdBu_r", norm=norm, edgecolors="k",
+    sc = ax.scatter(xy[:, 0], xy[:, 1], s=900 * radii**2, c=values, cmap=cmap, norm=norm, edgecolors="k",
                     linewidths=0.8, zorder=2)
     for (x, y), zi in zip(xy, z):
         ax.text(x, y, chemical_symbols[zi], ha="center", va="center", fontsize=8, zorder=3)
-    fig.colorbar(sc, ax=ax, shrink=0.75, label=f"{quantity(label, unit)}; white: molecule mean")
+    fig.colorbar(sc, ax=ax, shrink=0.75, label=label)
     ax.set_aspect("equal")
     ax.margins(0.15)
     ax.set_xlabel("Å (principal axis 1)")
     ax.set_ylabel("Å (principal axis 2)")
+
+
+def _diverging(values: np.ndarray, centre: float):
+    from matplotlib.colors import TwoSlopeNorm
+
+    spread = float(np.abs(values - centre).max()) or 1e-9
+    return TwoSlopeNorm(vcenter=centre, vmin=centre - spread, vmax=centre + spread)
+
+
+def plot_contributions(z: np.ndarray, pos: np.ndarray, values: np.ndarray, label: str, unit: str, title: str,
+                       path: Path) -> None:
+    """One molecule coloured by `values` [n] on a diverging scale around their mean (predict.py --per-atom)."""
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    _draw_molecule(fig, ax, z, pos, values, f"{quantity(label, unit)}; white: molecule mean",
+                   _diverging(values, float(values.mean())), "RdBu_r")
     ax.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_attributions(z: np.ndarray, pos: np.ndarray, panels: list[tuple[str, np.ndarray, str]], title: str,
+                      path: Path) -> None:
+    """The same molecule once per attribution (predict.py --explain), each panel on its own colour scale:
+    panels [(kind, values [n], unit)]. Signed kinds (integrated gradients, contributions) diverge around zero
+    (contributions around their mean), non-negative ones (saliency, attention) run from zero up."""
+    from matplotlib.colors import Normalize
+
+    fig, axes = _grid(len(panels), (5.6, 4.8))
+    for ax, (kind, values, unit) in zip(axes, panels):
+        if kind in ("saliency", "attention"):
+            norm, cmap, note = Normalize(0.0, float(values.max()) or 1e-9), "viridis", ""
+        elif kind == "contribution":
+            norm, cmap, note = _diverging(values, float(values.mean())), "RdBu_r", "; white: molecule mean"
+        else:
+            norm, cmap, note = _diverging(values, 0.0), "RdBu_r", "; white: 0"
+        _draw_molecule(fig, ax, z, pos, values, quantity(kind.replace("_", " "), unit) + note, norm, cmap)
+        ax.set_title(kind.replace("_", " "), fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     save_figure(fig, path)

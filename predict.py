@@ -153,7 +153,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "named by its target (mu, alpha, ..., cv), in the units of the printed header")
     p.add_argument("--per-atom", action="store_true",
                    help="print each atom's contribution and draw results/atom_contributions_<name>.png")
-    p.add_argument("--output-dir", type=Path, default=Path("results"), help="where --per-atom pictures go")
+    p.add_argument("--explain", action="store_true", help="per atom, for one output (--target): integrated "
+                   "gradients of the prediction with respect to the atom's input embedding from a zero-embedding "
+                   "baseline (steps until they sum to prediction - baseline prediction within 1 %%), the saliency "
+                   "|dy/dr_i|, the additive contribution and, with an attention readout, the attention weight "
+                   "(explain.py); printed, drawn as results/explain_<name>.png, and with --csv written one row per "
+                   "atom instead of one per molecule")
+    p.add_argument("--output-dir", type=Path, default=Path("results"), help="where --per-atom and --explain "
+                   "pictures go")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
     args = p.parse_args(argv)
@@ -171,6 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         path = resolve_checkpoint(args.checkpoint, args.target)
         ckpt = checkpoint.load(path)
         shown = select(ckpt, path, args.target)
+        if args.explain and len(shown) != 1:
+            raise UserError(f"--explain attributes one output and {path} has {len(shown)}: name it with --target")
         model = checkpoint.build_model(ckpt, device)
         molecules, errors = read_inputs(args.files, args.smiles, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
         moved = relax_all(molecules, args.relax_checkpoint, args.relax_fmax, args.relax_steps) if args.relax else []
@@ -194,6 +203,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(rows, names, units, with_smiles, args.relax)
     if args.per_atom:
         draw_contributions(model, molecules, contributions, shown, names, units, args.output_dir)
+    if args.explain:
+        rows = explain_molecules(model, molecules, contributions, shown[0], names[0], units[0], args.output_dir)
     if errors:  # the good rows are printed above; the CSV is written only when every input was good
         print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
         sys.exit(1)
@@ -221,6 +232,40 @@ def print_table(rows: list[dict], names: list[str], units: list[str], with_smile
               + (f"{r['smiles']:<{sw}}  " if with_smiles else "")
               + (f"{r['relax_rmsd']:>14.4f}  " if relaxed else "")
               + "  ".join(f"{r[n]:>{w}.5f}" for n, w in zip(names, widths)) + f"  {r['note']}")
+
+
+def explain_molecules(model: torch.nn.Module, molecules: list[Molecule], contributions: list[np.ndarray], k: int,
+                      name: str, unit: str, out_dir: Path) -> list[dict]:
+    """--explain: each molecule's per-atom attributions of output k, printed and drawn; one row per atom."""
+    from ase.data import chemical_symbols
+
+    import explain
+
+    model = model.cpu()
+    att = model.attention_outputs.index(k) if k in getattr(model, "attention_outputs", []) else None
+    rows = []
+    for m, c in zip(molecules, contributions):
+        z, pos = torch.from_numpy(m.z).long(), torch.from_numpy(m.pos).float()
+        ig = explain.integrated_gradients(model, z, pos, k)
+        kinds = dict(integrated_gradient=ig.values, saliency=explain.saliency(model, z, pos, k), contribution=c[:, k])
+        if att is not None:
+            with torch.no_grad():
+                kinds["attention"] = model.attention_weights(z, pos)[:, att].numpy()
+        units = dict(integrated_gradient=unit, saliency=f"{unit}/A" if unit else "per A", contribution=unit,
+                     attention="")
+        print(f"\n{m.file} frame {m.frame} ({m.formula}), {name}: integrated gradients from the zero-embedding "
+              f"baseline ({ig.prediction:.5g} - {ig.baseline_prediction:.5g} {unit}), {ig.steps} steps, sum within "
+              f"{100 * ig.completeness_error:.2g} %")
+        print("  atom    " + "".join(f"{plots.quantity(kind, units[kind]):>26}" for kind in kinds))
+        for i, zi in enumerate(m.z):
+            print(f"  {i:3d}  {chemical_symbols[zi]:<2}" + "".join(f"{v[i]:>26.5f}" for v in kinds.values()))
+            rows.append(dict(file=m.file, frame=m.frame, formula=m.formula, atom=i, element=chemical_symbols[zi],
+                             **{kind: float(v[i]) for kind, v in kinds.items()}))
+        stem = f"{Path(m.file).stem}" + (f"_{m.frame}" if sum(x.file == m.file for x in molecules) > 1 else "")
+        plots.plot_attributions(m.z, m.pos, [(kind, v, units[kind]) for kind, v in kinds.items()],
+                                f"{m.formula} ({Path(m.file).name}, frame {m.frame}): {name} "
+                                f"{ig.prediction:.4g} {unit}".rstrip(), out_dir / f"explain_{stem}.png")
+    return rows
 
 
 def draw_contributions(model: torch.nn.Module, molecules: list[Molecule], contributions: list[np.ndarray],

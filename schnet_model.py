@@ -153,6 +153,7 @@ class SchNet(nn.Module):
 
     .. math::
         \text{add: } y = \sum_i a_i, \quad \text{mean: } y = \frac1n \sum_i a_i, \quad
+        \text{attention: } y = \sum_i w_i a_i, \ w_i = \mathrm{softmax}_{j \in m}(s_j)_i, \quad
         \text{spatial\_extent: } y = \sum_i a_i |r_i - R|^2, \quad
         \text{dipole: } y = \Big|\sum_i q_i (r_i - R)\Big|, \ q_i = a_i - \frac1n \sum_j a_j
 
@@ -169,7 +170,9 @@ class SchNet(nn.Module):
         num_gaussians: number of radial basis functions K.
         cutoff: interaction cutoff r_c in Angstrom; pairs farther apart do not interact.
         readout: the output module, or a list of them, one per output: 'add' (extensive properties: energies),
-            'mean' (intensive ones: orbital energies, gap), 'dipole', 'spatial_extent'.
+            'mean' (intensive ones: orbital energies, gap), 'attention' (intensive: a weighted mean whose weights
+            w_i are a softmax over the molecule's atoms of s_i = attention(x_i), a small network of the atom's
+            final features), 'dipole', 'spatial_extent'.
         mean, std: standardisation of each output's atom-wise value (a float, or one per output).
         atomref: [100, num_outputs] per-element reference values added to each atom's value, or None.
 
@@ -209,6 +212,13 @@ class SchNet(nn.Module):
         self.lin1 = nn.Linear(hidden_channels, hidden_channels // 2)
         self.act = ShiftedSoftplus()
         self.lin2 = nn.Linear(hidden_channels // 2, k)
+        # attention readout: one logit per attention output from each atom's final features (no module otherwise,
+        # so that checkpoints without one load as before)
+        self.attention_outputs = [i for i, r in enumerate(readouts) if r == "attention"]
+        self.attention = nn.Sequential(
+            nn.Linear(hidden_channels // 2, hidden_channels // 2), ShiftedSoftplus(),
+            nn.Linear(hidden_channels // 2, len(self.attention_outputs)),
+        ) if self.attention_outputs else None
 
         self.register_buffer("mean", torch.zeros(k) if mean is None else torch.tensor(mean).float().reshape(k))
         self.register_buffer("std", torch.ones(k) if std is None else torch.tensor(std).float().reshape(k))
@@ -222,7 +232,8 @@ class SchNet(nn.Module):
         self.atom_embedding.reset_parameters()
         for interaction in self.interactions:
             interaction.reset_parameters()
-        for layer in (self.lin1, self.lin2):
+        layers = [self.lin1, self.lin2] + ([self.attention[0], self.attention[2]] if self.attention else [])
+        for layer in layers:
             torch.nn.init.xavier_uniform_(layer.weight)
             layer.bias.data.fill_(0)
 
@@ -238,26 +249,30 @@ class SchNet(nn.Module):
         j, i = edge_index
         return edge_index, (pos[i] - pos[j]).norm(dim=-1)
 
-    def _atom_features(self, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
-        """Atom features after the interactions and the first output layer: [N, hidden_channels // 2]."""
-        h = self.atom_embedding(z)  # [N, hidden]
+    def _atom_features(self, z: Tensor, pos: Tensor, batch: Tensor, h0: Tensor | None = None) -> Tensor:
+        """Atom features after the interactions and the first output layer: [N, hidden_channels // 2]. `h0`
+        [N, hidden] replaces the input embedding of the atoms (explain.py integrates gradients along it)."""
+        h = self.atom_embedding(z) if h0 is None else h0  # [N, hidden]
         edge_index, edge_weight = self.interaction_graph(pos, batch)  # [2, E], [E]
         edge_attr = self.distance_expansion(edge_weight)  # [E, K], shared by all blocks
         for interaction in self.interactions:
             h = h + interaction(h, edge_index, edge_weight, edge_attr)
         return self.act(self.lin1(h))
 
-    def atom_contributions(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+    def atom_contributions(self, z: Tensor, pos: Tensor, batch: Tensor | None = None,
+                           h0: Tensor | None = None) -> Tensor:
         """Per-atom terms of each output, in its unit: [N, num_outputs]; per molecule they sum to `forward`.
 
-        add: a_i; mean: a_i / n; spatial_extent: a_i |r_i - R|^2; dipole: q_i (r_i - R) . mu_hat, the atom's
-        share of the dipole along the molecule's dipole direction (these add up to |mu|).
+        add: a_i; mean: a_i / n; attention: w_i a_i; spatial_extent: a_i |r_i - R|^2; dipole: q_i (r_i - R) .
+        mu_hat, the atom's share of the dipole along the molecule's dipole direction (these add up to |mu|).
+        `h0` [N, hidden]: input embeddings to use instead of the atoms' own (see `_atom_features`).
         """
         batch = torch.zeros_like(z) if batch is None else batch
-        a = self.lin2(self._atom_features(z, pos, batch))  # [N, K]
-        a = a * self.std + self.mean + self.atomref[z]  # [N, K]
+        x = self._atom_features(z, pos, batch, h0)  # [N, hidden // 2]
+        a = self.lin2(x) * self.std + self.mean + self.atomref[z]  # [N, K]
         if all(r == "add" for r in self.readouts):
             return a
+        weights = self._attention(x, batch) if self.attention is not None else None  # [N, K_att]
         num_graphs = int(batch[-1]) + 1
         n = torch.bincount(batch, minlength=num_graphs).to(a.dtype)  # [B]
         r = None  # [N, 3] positions from the centre of mass, when an output needs them
@@ -268,6 +283,8 @@ class SchNet(nn.Module):
             ak = a[:, k]  # [N]
             if kind == "mean":
                 ak = ak / n[batch]
+            elif kind == "attention":
+                ak = ak * weights[:, self.attention_outputs.index(k)]
             elif kind == "spatial_extent":
                 ak = ak * r.square().sum(-1)
             elif kind == "dipole":
@@ -277,6 +294,24 @@ class SchNet(nn.Module):
                 ak = q * (r * direction[batch]).sum(-1)
             columns.append(ak)
         return torch.stack(columns, dim=1)
+
+    def _attention(self, x: Tensor, batch: Tensor) -> Tensor:
+        r"""Attention weights [N, K_att] from the atoms' final features x [N, hidden // 2]: a softmax over the atoms
+        of each molecule, w_{ik} = exp(s_{ik}) / \sum_{j \in m(i)} exp(s_{jk}), with s = attention(x)."""
+        s = self.attention(x)  # [N, K_att] logits
+        num_graphs = int(batch[-1]) + 1
+        top = s.new_full((num_graphs, s.size(1)), -math.inf).scatter_reduce(
+            0, batch[:, None].expand_as(s), s, "amax", include_self=True)  # [B, K_att], for a stable exp
+        e = (s - top[batch]).exp()
+        return e / _sum_per_molecule(e, batch)[batch]
+
+    def attention_weights(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+        """Each atom's weight in each attention output: [N, K_att] (columns in the order of
+        `attention_outputs`); per molecule each column sums to 1. Needs a model with an attention readout."""
+        if self.attention is None:
+            raise ValueError("this model has no attention readout")
+        batch = torch.zeros_like(z) if batch is None else batch
+        return self._attention(self._atom_features(z, pos, batch), batch)
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
         """Prediction per molecule: [num_graphs, num_outputs]."""

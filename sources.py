@@ -24,14 +24,14 @@ Source = QM9 | LabelledStructures
 def open_data(path: str | None, names: list[str], unit: str = "", readout: str = "auto",
               data_dir: str = "data") -> tuple[Source, list[targets.Target]]:
     """QM9 (`path` None; `names` are QM9 targets) or the file at `path` (`names` are its label keys, in `unit`,
-    extensive unless `readout` is 'mean'), and the targets trained on it."""
+    extensive unless `readout` is 'mean' or 'attention'), and the targets trained on it."""
     if path is None:
         try:
             return QM9(data_dir), [targets.TARGETS[n] for n in names]
         except (FileNotFoundError, ValueError) as err:
             raise UserError(str(err)) from None
     data = LabelledStructures(path, names)
-    kind = "mean" if readout == "mean" else "add"
+    kind = "mean" if readout in ("mean", "attention") else "add"  # intensive labels: a (weighted) mean
     return data, [targets.label(key, k, unit, Path(path).name, kind) for k, key in enumerate(names)]
 
 

@@ -8,6 +8,8 @@ standardisation. The one place that defines a target; qm9_data, the model's outp
 Output modules (the readout each target gets from `--readout auto`, see `schnet_model.SchNet`):
     add             y = sum_i a_i                  extensive properties (energies, alpha, zpve, cv)
     mean            y = (1/n) sum_i a_i            intensive properties (orbital energies, gap, rotational constants)
+    attention       y = sum_i w_i a_i              intensive, weighted: w = softmax over the molecule's atoms of a
+                                                   small network of their features (--readout attention)
     dipole          mu = |sum_i q_i (r_i - R)|     latent charges q_i = a_i - mean_i(a_i), which sum to zero;
                                                    R the centre of mass (any origin gives the same sum)
     spatial_extent  r2 = sum_i a_i |r_i - R|^2     atom-wise outputs weighted by the squared distance from R
@@ -23,7 +25,7 @@ from ase.data import atomic_masses
 from torch import Tensor
 
 HARTREE_TO_EV = 27.211386246
-OUTPUTS = ("add", "mean", "dipole", "spatial_extent")
+OUTPUTS = ("add", "mean", "attention", "dipole", "spatial_extent")
 MASSES = torch.tensor(atomic_masses[:100], dtype=torch.float32)  # [100] by atomic number, in u (ASE's table)
 
 
@@ -165,14 +167,17 @@ def fit_atomref(z: Tensor, batch: Tensor, y: Tensor) -> Tensor:
 
 def readouts(specs: list[Target], choice: str = "auto") -> list[str]:
     """The output module of each target for `--readout`: 'auto' (each target's own, `Target.output`), 'plain'
-    (sum or mean by extensivity), or 'add' / 'mean' for every target."""
+    (sum or mean by extensivity), 'add' / 'mean' for every target, or 'attention' (for the intensive targets;
+    the others as 'auto')."""
     if choice == "auto":
         return [t.output for t in specs]
     if choice == "plain":
         return [t.plain_output for t in specs]
     if choice in ("add", "mean"):
         return [choice] * len(specs)
-    raise ValueError(f"unknown readout {choice!r}: use auto, plain, add or mean")
+    if choice == "attention":  # the weighted mean for intensive targets; the others keep their own output
+        return ["attention" if t.plain_output == "mean" else t.output for t in specs]
+    raise ValueError(f"unknown readout {choice!r}: use auto, plain, add, mean or attention")
 
 
 def label(key: str, column: int, unit: str, source: str, readout: str) -> Target:
@@ -207,7 +212,7 @@ def normalisation(outputs: list[str], refs: list[Tensor | None], z: Tensor, pos:
     For each target, a_i = mean + std * o_i with o_i the
     network's raw atom output, where (mean, std) are those of
         add:             per atom, (y - sum of the per-element references) / n
-        mean:            per molecule, y
+        mean, attention: per molecule, y
         spatial_extent:  per molecule, y / sum_i |r_i - R|^2   (so a_i starts near the typical weight)
         dipole:          mean 0, std 1 (latent charges in D/Angstrom: q_i = o_i, neutralised per molecule)
     loss_scale is the standard deviation of the molecule-level quantity the network must learn (after the atom
@@ -225,7 +230,7 @@ def normalisation(outputs: list[str], refs: list[Tensor | None], z: Tensor, pos:
         elif output == "spatial_extent":
             r = pos.double() - centre_of_mass(pos.double(), MASSES[z].double(), batch, num)[batch]
             per = values / torch.zeros(num, dtype=torch.float64).index_add_(0, batch, r.square().sum(-1))
-        elif output == "mean":
+        elif output in ("mean", "attention"):  # a (weighted) mean: the molecule's value
             per = values
         else:  # dipole
             per = None

@@ -99,10 +99,12 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     p.add_argument("--num-gaussians", "--gaussians", type=int, default=defaults["num_gaussians"],
                    help="number of Gaussian radial basis functions")
     p.add_argument("--cutoff", type=float, default=defaults["cutoff"], help="interaction cutoff (Angstrom)")
-    p.add_argument("--readout", choices=["auto", "plain", "add", "mean"], default="auto",
+    p.add_argument("--readout", choices=["auto", "plain", "add", "mean", "attention"], default="auto",
                    help="output module per target; auto: the dipole from latent charges for mu, the spatial extent "
                         "from squared distances for r2, mean for homo, lumo, gap, A, B, C, sum for the rest; "
-                        "plain: sum or mean only (extensive or intensive); add or mean: that for every target. "
+                        "plain: sum or mean only (extensive or intensive); add or mean: that for every target; "
+                        "attention: for the intensive targets a weighted mean, the weights a softmax over the "
+                        "molecule's atoms of a small network of their features (the others as auto). "
                         "With --data: add (extensive labels such as energies: a sum over atoms, on top of "
                         "per-element references fitted by least squares on the training structures) unless "
                         "mean (intensive labels: the mean over atoms) is given")
