@@ -114,6 +114,27 @@ def plot(tables: list[Path], path: Path) -> None:
     plots.save_figure(fig, path)
 
 
+def markdown(tables: list[Path]) -> str:
+    """The tables side by side per target and size, as the Markdown rows of docs/TRANSFER.md."""
+    rows = [r for t in tables for r in csv.DictReader(t.open())]
+    lines = []
+    for name in dict.fromkeys(r["target"] for r in rows):
+        unit = next(r["unit"] for r in rows if r["target"] == name)
+        lines += [f"{name} test MAE ({unit}):", "", "| training molecules | epochs (steps) | from scratch | fine-tuned "
+                  "| change |", "|---|---|---|---|---|"]
+        by = {(r["arm"], int(r["train_size"])): r for r in rows if r["target"] == name}
+        for n in sorted({n for _, n in by}):
+            a, b = by.get(("scratch", n)), by.get(("finetune", n))
+            some = a or b
+            cells = [f"{float(r['test_mae']):.4g}" if r else "not run" for r in (a, b)]
+            ratio = float(b["test_mae"]) / float(a["test_mae"]) if a and b else None
+            change = "" if ratio is None else f"{100 * (ratio - 1):+.0f} %".replace("-", "−")
+            lines.append(f"| {n:,} | {float(some['epochs']):g} ({some['steps']}) | {cells[0]} | {cells[1]} "
+                         f"| {change} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", help="QM9 target the curves are for (a single name)")
@@ -128,11 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", type=Path, help="the CSV to write (default: OUT/<target>.csv)")
     p.add_argument("--plot", type=Path, nargs="+", help="draw these tables into --output instead of running")
     p.add_argument("--output", type=Path, default=Path("results/learning_curves.png"), help="the figure of --plot")
+    p.add_argument("--markdown", action="store_true", help="with --plot: also print the tables as Markdown")
     args = p.parse_args(argv)
     try:
         if args.plot:
             plot(args.plot, args.output)
             print(f"wrote {args.output}")
+            if args.markdown:
+                print(markdown(args.plot))
             return
         if not args.target:
             raise UserError("name --target (or --plot tables)")

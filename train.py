@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import checkpoint
 import cpu_kernels
 import distributed
+import potential
 import qm9_data
 import report
 import sources
@@ -116,6 +117,14 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         "mu and alpha); docs/MULTITASK.md")
     p.add_argument("--patience", type=int, default=defaults["patience"],
                    help="stop early after this many epochs without a better validation score (0: never)")
+    p.add_argument("--force-weight", type=float, default=0.0, help="QM9's U0 as a potential: weight of a zero-force "
+                   "term at the training geometries (DFT minima): mean_i |F_i|^2 / s^2 with F = -dU0/dr by autograd "
+                   "and s U0's loss scale per A (potential.py; second derivatives: ~2.3x the cost of a step)")
+    p.add_argument("--prior-weight", type=float, default=0.0, help="weight of the curvature term: forces at the "
+                   "geometry displaced by --prior-noise trained towards MMFF94's, shifted to vanish at the DFT "
+                   "geometry (potential.py)")
+    p.add_argument("--prior-noise", type=float, default=0.05, help="displacement of the curvature term, A per "
+                   "coordinate (Gaussian)")
     p.add_argument("--clip-grad", type=float, default=10.0, help="clip the gradient norm to this value")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="auto: CUDA when present")
@@ -145,6 +154,12 @@ def check_args(args: argparse.Namespace) -> None:
         args.lr = transfer.FINETUNE_LR if args.init_from else args.default_lr
     if not (args.lr > 0 and math.isfinite(args.lr)) or not args.cutoff > 0 or args.patience < 0:
         raise UserError("--lr and --cutoff must be positive and --patience non-negative")
+    if args.force_weight or args.prior_weight:
+        if args.data is not None or "U0" not in targets.parse(args.target):
+            raise UserError("--force-weight and --prior-weight train QM9's U0 as a potential: use them with "
+                            "--target U0 (or a list with U0) on QM9")
+        if min(args.force_weight, args.prior_weight) < 0 or not args.prior_noise > 0:
+            raise UserError("--force-weight and --prior-weight must be non-negative and --prior-noise positive")
     if args.freeze_representation and not args.init_from:
         raise UserError("--freeze-representation keeps the representation of --init-from: give --init-from too")
     try:
@@ -158,7 +173,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batch, columns: torch.Tensor,
                scale: torch.Tensor, weights: torch.Tensor, loss: str = "mse", clip_grad: float = 10.0,
-               world: World = World(), global_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               world: World = World(), global_size: int | None = None,
+               terms: potential.PotentialLoss | None = None, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One optimisation step on a batch of B molecules and K targets.
 
     .. math::
@@ -169,13 +185,17 @@ def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batc
     absolute error. `columns` [K] are the targets' columns of QM9's y. With several processes, `b` is this rank's
     share of a global batch of `global_size` molecules: each rank back-propagates its share's summed loss /
     global_size and the gradients are summed over the ranks (distributed.py). Returns (this rank's part of each
-    target's loss [K], predictions [B, K]), detached, without a host synchronisation.
+    target's loss [K], predictions [B, K]), detached, without a host synchronisation. `terms` adds the potential's
+    force terms (potential.py) for step `step`.
     """
-    pred = model(b.z, b.pos, b.batch)  # [B, K]
+    pos = b.pos.detach().requires_grad_(True) if terms is not None else b.pos  # forces: dE/dr
+    pred = model(b.z, pos, b.batch)  # [B, K]
     loss_fn = torch.nn.functional.mse_loss if loss == "mse" else torch.nn.functional.l1_loss
     per_molecule = loss_fn(pred / scale, b.y.index_select(1, columns) / scale, reduction="none")  # [B, K]
     per_target = per_molecule.sum(0) / global_size if world.active else per_molecule.mean(0)  # [K]
     value = (per_target * weights).mean()
+    if terms is not None:
+        value = value + terms(model, b.z, pos, b.batch, pred[:, terms.output], step) / world.size
     optimizer.zero_grad()
     value.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]  # FlatAdam: the one flat tensor
@@ -256,6 +276,11 @@ class Trainer:
         self.window_err = torch.zeros(k, device=device)
         self.window_steps = 0
         self.task_weights = torch.ones(k, device=device)  # set from the running losses at each check
+        self.potential = None  # U0 as a potential: the force terms of potential.py
+        if args.force_weight or args.prior_weight:
+            u0 = self.names.index("U0")
+            self.potential = potential.PotentialLoss(u0, self.scales[u0], args.force_weight, args.prior_weight,
+                                                     args.prior_noise, args.seed)
 
     @property
     def eval_model(self) -> SchNet:
@@ -326,7 +351,7 @@ class Trainer:
                 group["lr"] = self.schedule.lr(p.step, p.elapsed) * p.lr_scale
             b = self.batcher(world.shard(order[step]))
             loss, pred = train_step(self.model, self.optimizer, b, self.columns, self.scale, self.task_weights,
-                                    args.loss, args.clip_grad, world, len(order[step]))
+                                    args.loss, args.clip_grad, world, len(order[step]), self.potential, p.step)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.window_loss += loss
@@ -421,13 +446,19 @@ class Trainer:
             h[f"val_mae_{name}"], h[f"val_mae_raw_{name}"] = val[name]["mae"], raw[name]["mae"]
             h[f"val_rmse_{name}"] = val[name]["rmse"]
         h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes)
+        forces = ""
+        if self.potential is not None:  # how far from a potential: forces at the DFT minima, train and val
+            h.update(self.potential.take(), val_max_force_median=potential.max_force_median(
+                self.eval_model, self.batcher, self.val_idx[:1000], self.potential.output, self.eval_bs))
+            forces = (f" | forces (eV/A): train rms {h['train_force_rms']:.3g}, prior rms {h['train_prior_rms']:.3g}, "
+                      f"val median max {h['val_max_force_median']:.3g}")
         shown = self.names if len(self.names) <= 4 else [n for n in ("gap", "U0", "mu", "cv") if n in self.names]
         maes = " ".join(f"{n} {val[n]['mae']:.4g}" + (f" ({raw[n]['mae']:.4g})" if self.ema else "")
                         + f" {self.units[n]}" for n in shown)
         print(f"epoch {p.epoch + 1:4d}/{self.args.epochs} | train loss {h['train_loss']:.5f} | val "
               + ("" if len(self.names) == 1 else f"score {h['val_score']:.4f} | ") + f"MAE {maes}"
               + ("" if self.ema is None else " (raw weights in brackets)")
-              + f" | lr {lr:.2e} | {h['minutes']:.1f} min" + self.time_left(p), flush=True)
+              + forces + f" | lr {lr:.2e} | {h['minutes']:.1f} min" + self.time_left(p), flush=True)
         return h
 
     def end_epoch(self, p: Progress, out_of_time: bool) -> None:

@@ -248,3 +248,16 @@ def test_learning_curve_points_share_validation_and_test_and_nest_their_training
         torch.testing.assert_close(splits[n]["val"], standard["val"][:1000])
         torch.testing.assert_close(splits[n]["test"], standard["test"])  # the shipped models' test molecules
     assert [learning_curve.budget_epochs(n) for n in (100, 300, 1000, 3000, 10_000)] == [125, 50, 50, 32, 10]
+
+
+def test_learning_curve_tables_print_both_arms_side_by_side(tmp_path) -> None:
+    import learning_curve
+
+    header = "target,arm,train_size,lr,epochs,steps,best_epoch,val_mae,test_mae,unit,minutes,init_from\n"
+    (tmp_path / "s.csv").write_text(header + "cv,scratch,100,0.003,125.0,500,9,0.5,0.40,cal/mol K,3.0,\n"
+                                    "cv,scratch,300,0.003,50.0,500,9,0.4,0.30,cal/mol K,3.0,\n")
+    (tmp_path / "f.csv").write_text(header + "cv,finetune,100,0.003,125.0,500,9,0.4,0.30,cal/mol K,3.0,m.pth\n")
+    text = learning_curve.markdown([tmp_path / "s.csv", tmp_path / "f.csv"])
+    assert "cv test MAE (cal/mol K):" in text
+    assert "| 100 | 125 (500) | 0.4 | 0.3 | −25 % |" in text  # fine-tuned 25 % below scratch
+    assert "| 300 | 50 (500) | 0.3 | not run |  |" in text

@@ -1,0 +1,108 @@
+"""Is MMFF94's curvature at QM9's DFT geometries close to DFT's? A check of a candidate prior for the U0 potential
+(docs/POTENTIAL.md): MMFF94's harmonic frequencies at each DFT geometry against QM9's own B3LYP harmonic
+frequencies (qm9pack's Harmonic_Freq_cmi column).
+
+    OMP_NUM_THREADS=1 python docs/potential/mmff_frequencies.py --molecules 20
+
+Bonds come from the DFT geometry (RDKit's rdDetermineBonds), MMFF94 types from them. The Hessian is the central
+second difference of MMFF's energy (h = 1e-3 A), mass-weighted (ASE's masses); its eigenvalues lambda give
+wavenumbers 521.47 sqrt(lambda) cm^-1 for lambda in eV/(A^2 u), negative for negative lambda. The 3N - 6 (or 5)
+highest are compared, sorted, with DFT's. A DFT geometry is not MMFF's minimum, so a few soft modes can come out
+negative; the count of modes below -50 cm^-1 is reported.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import qm9_data  # noqa: E402
+
+KCAL_TO_EV = 0.0433641  # eV per kcal/mol
+WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
+
+
+def mmff_hessian(z: np.ndarray, pos: np.ndarray, h: float = 1e-3) -> tuple[np.ndarray, np.ndarray] | None:
+    """MMFF94's Hessian [3N, 3N] (eV/A^2) and gradient [3N] (eV/A) at pos, or None when RDKit cannot type it."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import AllChem, rdDetermineBonds
+
+    RDLogger.DisableLog("rdApp.*")
+    table = Chem.GetPeriodicTable()
+    block = f"{len(z)}\n\n" + "\n".join(f"{table.GetElementSymbol(int(a))} {x:.8f} {y:.8f} {w:.8f}"
+                                        for a, (x, y, w) in zip(z, pos))
+    mol = Chem.MolFromXYZBlock(block)
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=0)
+        Chem.SanitizeMol(mol)
+    except Exception:
+        return None
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    if props is None:
+        return None
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props)
+    ff.Initialize()
+    x = np.array(ff.Positions())
+    n = len(x)
+    eye = np.eye(n)
+
+    def energy(y: np.ndarray) -> float:
+        return ff.CalcEnergy(y.tolist())
+
+    hess = np.zeros((n, n))
+    for a in range(n):
+        for b in range(a, n):
+            da, db = h * eye[a], h * eye[b]
+            hess[a, b] = hess[b, a] = (energy(x + da + db) - energy(x + da - db) - energy(x - da + db)
+                                       + energy(x - da - db)) / (4 * h * h)
+    grad = np.array([(energy(x + 1e-5 * eye[k]) - energy(x - 1e-5 * eye[k])) / 2e-5 for k in range(n)])
+    return hess * KCAL_TO_EV, grad * KCAL_TO_EV
+
+
+def main() -> None:
+    from ase.data import atomic_masses
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--molecules", type=int, default=20, help="QM9 test molecules (a seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    qm9 = qm9_data.QM9("data", progress=False)
+    test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
+    chosen = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.molecules]]
+    wanted = {int(qm9.gdb[i]) for i in chosen}
+    freqs = {}
+    for path in sorted(qm9_data.qm9pack_data_dir().glob("qm9_part*.csv")):
+        df = pd.read_csv(path, usecols=["Index", "Harmonic_Freq_cmi"])
+        df = df[df["Index"].isin(wanted)]
+        freqs.update({int(g): np.sort(qm9_data._floats([f])) for g, f in zip(df["Index"], df["Harmonic_Freq_cmi"])})
+    errors, negatives, grads, untyped = [], [], [], 0
+    for i in chosen.tolist():
+        d = qm9[i]
+        z, pos = d.z.numpy(), d.pos.double().numpy()
+        out = mmff_hessian(z, pos)
+        if out is None:
+            untyped += 1
+            continue
+        hess, grad = out
+        mass = np.repeat(atomic_masses[z], 3)
+        lam = np.linalg.eigvalsh(hess / np.sqrt(np.outer(mass, mass)))
+        nu = np.sort(np.sign(lam) * np.sqrt(np.abs(lam)) * WAVENUMBER)
+        dft = freqs[int(qm9.gdb[i])]
+        mmff = nu[-len(dft):]
+        errors.append(float(np.median(np.abs(mmff - dft) / dft)))
+        negatives.append(int((nu < -50).sum()))  # of all 3N: clearly negative, not translation/rotation
+        grads.append(float(np.abs(grad).max()))
+        print(f"gdb_{int(qm9.gdb[i])}: {len(z)} atoms, median |nu_MMFF - nu_DFT| / nu_DFT {errors[-1]:.3f}, "
+              f"{negatives[-1]} modes below -50 cm^-1, largest MMFF gradient component {grads[-1]:.2f} eV/A")
+    print(f"{len(errors)} of {len(chosen)} molecules typed by MMFF94 ({untyped} not): median over molecules of the "
+          f"median relative frequency error {np.median(errors):.3f} (range {min(errors):.3f}-{max(errors):.3f}); "
+          f"modes below -50 cm^-1 per molecule: median {np.median(negatives):g}, max {max(negatives)}; largest MMFF gradient "
+          f"component at the DFT geometry: median {np.median(grads):.2f} eV/A")
+
+
+if __name__ == "__main__":
+    main()

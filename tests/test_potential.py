@@ -1,0 +1,102 @@
+"""Training U0 as a potential (potential.py, train.py --force-weight / --prior-weight): the MMFF94 prior is the
+force field's own derivative and restores displaced geometries; the zero-force term drives the forces at the
+training geometries down; bad flags are refused in one line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import potential
+import qm9_data
+from schnet_model import SchNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mmff_forces_are_minus_the_gradient_of_mmff_energy(qm9) -> None:
+    from rdkit.Chem import AllChem
+    from rdkit.Geometry import Point3D
+
+    d = qm9[321]
+    z, pos = d.z.numpy(), d.pos.double().numpy()
+    typed = potential.mmff_typed(z, pos)
+    assert typed is not None
+    moved = pos + np.random.default_rng(0).normal(scale=0.05, size=pos.shape)
+    mol, props = typed
+
+    def energy(x: np.ndarray) -> float:
+        conf = mol.GetConformer()
+        for a, row in enumerate(x.reshape(-1, 3).tolist()):
+            conf.SetAtomPosition(a, Point3D(*row))
+        return AllChem.MMFFGetMoleculeForceField(mol, props).CalcEnergy() * potential.KCAL_TO_EV
+
+    forces = potential.mmff_forces(typed, moved)
+    again = potential.mmff_forces(typed, pos)  # another geometry in between: no state carried over
+    assert np.abs(again).max() > 0
+    np.testing.assert_array_equal(potential.mmff_forces(typed, moved), forces)
+    h, x = 1e-5, moved.ravel()
+    numeric = np.array([-(energy(x + h * e) - energy(x - h * e)) / (2 * h) for e in np.eye(x.size)])
+    np.testing.assert_allclose(forces.ravel(), numeric, atol=1e-6)
+
+
+def test_shifted_prior_vanishes_at_the_dft_geometry_and_restores_displacements(qm9) -> None:
+    rng = np.random.default_rng(1)
+    restoring = []
+    for i in (5, 500, 5000, 50000):
+        d = qm9[i]
+        z, pos = d.z.numpy(), d.pos.double().numpy()
+        np.testing.assert_allclose(potential.mmff_restoring_forces(z, pos, pos), 0.0, atol=1e-12)
+        delta = rng.normal(scale=0.02, size=pos.shape)
+        f = potential.mmff_restoring_forces(z, pos, pos + delta)
+        restoring.append(float((f * delta).sum()))  # F . delta < 0: the force points back
+    assert all(r < 0 for r in restoring)
+
+
+def test_zero_force_term_drives_the_forces_at_the_geometries_down(qm9) -> None:
+    torch.manual_seed(0)
+    model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
+                   mean=-4.0, std=0.2, atomref=torch.zeros(100, 1))
+    batcher = qm9_data.Batcher(qm9)
+    mols = torch.arange(8)
+    b = batcher(mols)
+    terms = potential.PotentialLoss(0, 1.0, force_weight=1.0, prior_weight=0.0, noise=0.05, seed=0)
+    before = potential.max_force_median(model, batcher, mols, 0)
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    for step in range(60):
+        pos = b.pos.detach().requires_grad_(True)
+        loss = terms(model, b.z, pos, b.batch, model(b.z, pos, b.batch)[:, 0], step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = potential.max_force_median(model, batcher, mols, 0)
+    assert after < 0.2 * before
+    assert terms.take()["train_force_rms"] > 0 and terms.steps == 0
+
+
+def test_force_flags_need_qm9_u0(tmp_path: Path) -> None:
+    for flags in (["--target", "gap", "--force-weight", "1"], ["--target", "U0", "--prior-weight", "-1"],
+                  ["--target", "U0", "--prior-weight", "1", "--prior-noise", "0"]):
+        proc = subprocess.run([sys.executable, "train_lite.py", *flags, "--output-dir", str(tmp_path),
+                               "--checkpoint-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and "--prior" in lines[0], (flags, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("weights", [("1", "0"), ("0", "1")])
+def test_a_lite_u0_run_with_the_force_terms_writes_their_history(tmp_path: Path, weights) -> None:
+    import csv
+
+    subprocess.run([sys.executable, "train_lite.py", "--target", "U0", "--subset-size", "200", "--epochs", "1",
+                    "--tsne-samples", "20", "--device", "cpu", "--force-weight", weights[0], "--prior-weight",
+                    weights[1], "--output-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path),
+                    "--data-dir", str(REPO / "data")], cwd=REPO, check=True, capture_output=True)
+    (row,) = csv.DictReader((tmp_path / "history_lite.csv").open())
+    assert float(row["val_max_force_median"]) > 0
+    assert (float(row["train_force_rms"]) > 0) == (weights[0] == "1")
+    assert (float(row["train_prior_rms"]) > 0) == (weights[1] == "1")
