@@ -45,7 +45,8 @@ def _default_config() -> tuple[dict, int]:
 def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_steps: int, data_dir: str,
            threads: int, data_file: str | None = None) -> tuple[Callable[[], None], Callable[[], None]]:
     """(step, sync) for one pipeline, with the data for `num_steps` steps of its batches prepared. 'ours_file'
-    is 'ours' batching from `data_file`'s tensors (structure_file.py; its label 'gap') at the same indices."""
+    is 'ours' batching from `data_file`'s tensors (structure_file.py; its label 'gap') at the same indices; a name
+    ending in '_bf16' is that pipeline's forward pass under bfloat16 autocast (ours: precision.py)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -55,6 +56,8 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
     import train
 
     device = torch.device(device_name)
+    mixed = "bf16" if pipeline.endswith("_bf16") else "fp32"
+    pipeline = pipeline.removesuffix("_bf16")
     data = qm9_data.QM9(data_dir, progress=False)
     train_idx = qm9_data.split_indices(len(data), seed=0)["train"]
     g = torch.Generator().manual_seed(0)
@@ -84,7 +87,7 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
         weights = torch.ones(len(names), device=device)
 
         def step() -> None:
-            train.train_step(model, optimizer, batcher(next(batches)), columns, scale, weights)
+            train.train_step(model, optimizer, batcher(next(batches)), columns, scale, weights, mixed=mixed)
     else:
         from torch_geometric.loader import DataLoader
 
@@ -95,7 +98,8 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
 
         def step() -> None:
             b = next(loader).to(device)
-            pred = ref(b.z, b.pos, b.batch)[:, 0]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16"):
+                pred = ref(b.z, b.pos, b.batch)[:, 0].float()
             loss = torch.nn.functional.mse_loss(pred / std, b.y[:, TARGET] / std)
             ref_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -122,10 +126,11 @@ def measure_memory(pipeline: str, config: dict, batch_size: int, device_name: st
 
 def measure_throughput(config: dict, batch_size: int, device_name: str, warmup: int, steps: int, rounds: int,
                        data_dir: str, threads: int, multi_target: bool = False,
-                       data_file: str | None = None) -> dict[str, list[float]]:
+                       data_file: str | None = None, bf16: bool = False) -> dict[str, list[float]]:
     """Molecules/s of each pipeline in each of `rounds` alternating blocks of steps // rounds timed steps."""
     block = steps // rounds
-    names = ["reference", "ours"] + ["ours_all"] * multi_target + ["ours_file"] * (data_file is not None)
+    names = (["reference", "ours"] + ["ours_all"] * multi_target + ["ours_file"] * (data_file is not None)
+             + ["reference_bf16", "ours_bf16"] * bf16)
     pipelines = {name: _setup(name, config, batch_size, device_name, warmup + block * rounds, data_dir, threads,
                               data_file) for name in names}
     for step, sync in pipelines.values():
@@ -160,6 +165,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data", help="also time our step batching from this structure file's tensors (a label 'gap' "
                    "on every structure; e.g. QM9 written as extended XYZ, so the molecules are QM9's) in the same "
                    "rounds, against batching from QM9's")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time both pipelines with their forward pass under bfloat16 autocast (ours: "
+                        "train.py --precision bf16; PyG: torch.autocast, a fair peer) in the same rounds")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     p.add_argument("--data-dir", default="data")
     args = p.parse_args(argv)
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with ctx.Pool(1) as pool:
             rates = pool.apply(measure_throughput, (config, batch_size, device, warmup, block * args.rounds,
                                                     args.rounds, args.data_dir, threads, args.multi_target,
-                                                    args.data))
+                                                    args.data, args.bf16))
         peaks = {}
         for pipeline in ("reference", "ours"):
             with ctx.Pool(1) as pool:
@@ -229,12 +237,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         extra = [("ours_all", "all_vs_one", "with all twelve targets", "one target")] if args.multi_target else []
         if args.data:
             extra.append(("ours_file", "file_vs_qm9", f"batching from {Path(args.data).name}", "QM9's"))
-        for pipeline, key, what, base in extra:  # our step, changed one way, against our plain one-target step
-            rate = statistics.median(rates[pipeline])
-            per_round = [a / b for a, b in zip(rates[pipeline], rates["ours"])]
-            rows[-1].update({f"{pipeline}_mol_s": rate, key: rate / ours, f"{key}_min": min(per_round),
+        extra = [(pipeline, "ours", key, f"ours {what}", base) for pipeline, key, what, base in extra]
+        if args.bf16:  # bfloat16 against float32, ours against PyG's
+            extra += [("ours_bf16", "ours", "bf16_vs_fp32", "ours bf16", "ours fp32"),
+                      ("reference_bf16", "reference", "reference_bf16_vs_fp32", "PyG bf16", "PyG fp32"),
+                      ("ours_bf16", "reference", "bf16_vs_reference", "ours bf16", "PyG fp32"),
+                      ("ours_bf16", "reference_bf16", "bf16_vs_reference_bf16", "ours bf16", "PyG bf16")]
+        for pipeline, against, key, what, base in extra:  # one step against another, round by round
+            rate, other = statistics.median(rates[pipeline]), statistics.median(rates[against])
+            per_round = [a / b for a, b in zip(rates[pipeline], rates[against])]
+            rows[-1].update({f"{pipeline}_mol_s": rate, key: rate / other, f"{key}_min": min(per_round),
                              f"{key}_max": max(per_round)})
-            print(f"  {name}: ours {what} {rate:,.0f} mol/s, {rate / ours:.3f}x {base} "
+            print(f"  {name}: {what} {rate:,.0f} mol/s, {rate / other:.3f}x {base} "
                   f"(rounds: {min(per_round):.3f}-{max(per_round):.3f}x)", flush=True)
 
     print("\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio (rounds) | ours peak (MB) | "

@@ -135,8 +135,15 @@ def _use_kernels(*tensors: Tensor) -> bool:
     return same and dtype in (torch.float32, torch.float64) and load() is not None
 
 
+def _float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Half-precision inputs (torch.autocast's bfloat16) as float32: the sums accumulate in float32."""
+    return tuple(t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in tensors)
+
+
 def aggregate(x: Tensor, w: Tensor, c: Tensor, edge_index: Tensor) -> Tensor:
-    """Continuous-filter aggregation (see the module docstring): [N, F]. Fused on CPU, reference elsewhere."""
+    """Continuous-filter aggregation (see the module docstring): [N, F]. Fused on CPU, reference elsewhere;
+    bfloat16 inputs are summed in float32 (and the result is float32)."""
+    x, w, c = _float32(x, w, c)
     if _use_kernels(x, w, c):
         return _module.aggregate(x, w, c, edge_index[0], edge_index[1])
     return aggregate_reference(x, w, c, edge_index)
@@ -162,7 +169,8 @@ def radius_pairs(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
 
 
 def shifted_softplus(x: Tensor) -> Tensor:
-    """ln(1 + e^x) - ln 2, elementwise. Fused on CPU, reference elsewhere."""
+    """ln(1 + e^x) - ln 2, elementwise. Fused on CPU, reference elsewhere; bfloat16 in, float32 out."""
+    (x,) = _float32(x)
     if _use_kernels(x):
         return _module.shifted_softplus(x)
     return shifted_softplus_reference(x)

@@ -269,6 +269,11 @@ class SchNet(nn.Module):
         """
         batch = torch.zeros_like(z) if batch is None else batch
         x = self._atom_features(z, pos, batch, h0)  # [N, hidden // 2]
+        with torch.autocast(x.device.type, enabled=False):  # the readout in float32 (precision.py)
+            return self._readout(x.float() if x.dtype == torch.bfloat16 else x, z, pos, batch)
+
+    def _readout(self, x: Tensor, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
+        """Per-atom terms [N, K] of each output from the final atom features x [N, hidden // 2]."""
         a = self.lin2(x) * self.std + self.mean + self.atomref[z]  # [N, K]
         if all(r == "add" for r in self.readouts):
             return a

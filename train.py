@@ -35,6 +35,7 @@ import checkpoint
 import cpu_kernels
 import distributed
 import potential
+import precision
 import qm9_data
 import report
 import sources
@@ -109,6 +110,11 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         "With --data: add (extensive labels such as energies: a sum over atoms, on top of "
                         "per-element references fitted by least squares on the training structures) unless "
                         "mean (intensive labels: the mean over atoms) is given")
+    p.add_argument("--precision", choices=list(precision.CHOICES), default="auto",
+                   help="bf16: the linear layers of the training steps in bfloat16 (torch.autocast), sums, readout, "
+                        "loss, optimiser and weight average in float32; auto: bf16 only on hardware with native "
+                        "bfloat16 and for targets measured not to lose accuracy per epoch (none yet: fp32); "
+                        "validation and test always in float32 (precision.py)")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",
                    help="with several targets: balanced (each target's standardised loss divided by its running "
@@ -174,7 +180,8 @@ def check_args(args: argparse.Namespace) -> None:
 def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batch, columns: torch.Tensor,
                scale: torch.Tensor, weights: torch.Tensor, loss: str = "mse", clip_grad: float = 10.0,
                world: World = World(), global_size: int | None = None,
-               terms: potential.PotentialLoss | None = None, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               terms: potential.PotentialLoss | None = None, step: int = 0,
+               mixed: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     r"""One optimisation step on a batch of B molecules and K targets.
 
     .. math::
@@ -186,16 +193,18 @@ def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batc
     share of a global batch of `global_size` molecules: each rank back-propagates its share's summed loss /
     global_size and the gradients are summed over the ranks (distributed.py). Returns (this rank's part of each
     target's loss [K], predictions [B, K]), detached, without a host synchronisation. `terms` adds the potential's
-    force terms (potential.py) for step `step`.
+    force terms (potential.py) for step `step`; `mixed` is the forward pass's precision (precision.py).
     """
     pos = b.pos.detach().requires_grad_(True) if terms is not None else b.pos  # forces: dE/dr
-    pred = model(b.z, pos, b.batch)  # [B, K]
+    with precision.autocast(pos.device, mixed):
+        pred = model(b.z, pos, b.batch)  # [B, K], float32 (the readout is)
+        extra = None if terms is None else terms(model, b.z, pos, b.batch, pred[:, terms.output], step)
     loss_fn = torch.nn.functional.mse_loss if loss == "mse" else torch.nn.functional.l1_loss
     per_molecule = loss_fn(pred / scale, b.y.index_select(1, columns) / scale, reduction="none")  # [B, K]
     per_target = per_molecule.sum(0) / global_size if world.active else per_molecule.mean(0)  # [K]
     value = (per_target * weights).mean()
-    if terms is not None:
-        value = value + terms(model, b.z, pos, b.batch, pred[:, terms.output], step) / world.size
+    if extra is not None:
+        value = value + extra / world.size
     optimizer.zero_grad()
     value.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]  # FlatAdam: the one flat tensor
@@ -276,6 +285,7 @@ class Trainer:
         self.window_err = torch.zeros(k, device=device)
         self.window_steps = 0
         self.task_weights = torch.ones(k, device=device)  # set from the running losses at each check
+        self.precision = precision.resolve(args.precision, device, self.names)  # of the training steps
         self.potential = None  # U0 as a potential: the force terms of potential.py
         if args.force_weight or args.prior_weight:
             u0 = self.names.index("U0")
@@ -351,7 +361,8 @@ class Trainer:
                 group["lr"] = self.schedule.lr(p.step, p.elapsed) * p.lr_scale
             b = self.batcher(world.shard(order[step]))
             loss, pred = train_step(self.model, self.optimizer, b, self.columns, self.scale, self.task_weights,
-                                    args.loss, args.clip_grad, world, len(order[step]), self.potential, p.step)
+                                    args.loss, args.clip_grad, world, len(order[step]), self.potential, p.step,
+                                    self.precision)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.window_loss += loss
@@ -545,7 +556,8 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
                    device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU ({torch.get_num_threads()} threads per process)", wall_time_s=p.elapsed,
                    peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(model), torch=torch.__version__,
-                   kernels=kernels, checkpoint=str(trainer.best_path), init_from=meta.get("init_from"))
+                   kernels=kernels, precision=trainer.precision, checkpoint=str(trainer.best_path),
+                   init_from=meta.get("init_from"))
     if not world.main:
         return metrics
     best["metrics"] = {**best["metrics"], "test": test}
@@ -634,7 +646,8 @@ def run(args: argparse.Namespace) -> dict:
     fitted = " + per-element references fitted on the training structures" if args.data else ""
     what = ", ".join(f"{t['name']} ({t['unit'] + ', ' if t['unit'] else ''}{t['output']}"
                      + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
-    print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels}")
+    print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels} | "
+          f"training steps in {trainer.precision}")
     print(f"target{'s' if len(names) > 1 else ''}: {what}"
           + ("" if len(names) == 1 else f" | task weights {args.task_weights}"))
     print(f"{'molecules' if args.data is None else Path(args.data).name}: {len(split['train']):,} train / "

@@ -41,6 +41,18 @@ def test_multi_target_step_is_timed_beside_the_one_target_step(tmp_path: Path, q
     assert "ours with all twelve targets" in proc.stdout
 
 
+def test_bf16_pipelines_are_timed_beside_fp32(tmp_path: Path, qm9) -> None:
+    out = tmp_path / "bench.json"
+    proc = bench("--config", "lite", "--steps", "4", "--rounds", "2", "--warmup", "1", "--bf16", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())[0]
+    assert row["ours_bf16_mol_s"] > 0 and row["reference_bf16_mol_s"] > 0
+    assert row["bf16_vs_fp32"] == pytest.approx(row["ours_bf16_mol_s"] / row["ours_mol_s"])
+    assert row["bf16_vs_reference"] == pytest.approx(row["ours_bf16_mol_s"] / row["reference_mol_s"])
+    assert row["bf16_vs_reference_bf16"] == pytest.approx(row["ours_bf16_mol_s"] / row["reference_bf16_mol_s"])
+    assert "ours bf16" in proc.stdout and "PyG bf16" in proc.stdout
+
+
 @pytest.mark.parametrize("flags,message", [(["--steps", "1", "--rounds", "2"], "--steps (1) must be at least"),
                                            (["--rounds", "0"], "--rounds must be positive"),
                                            (["--warmup", "-1"], "--warmup must be non-negative")])

@@ -1,0 +1,95 @@
+"""Mixed precision: bfloat16 for the matrix products where the hardware multiplies it natively, float32 for the rest.
+
+    with precision.autocast(device, "bf16"):      # a training step's forward pass (train.py), or a prediction
+        pred = model(z, pos, batch)
+
+Under `bf16` the linear layers (the filter networks and the atom-wise layers, where the step spends its time) run
+in bfloat16 through torch.autocast; everything whose precision matters stays float32: the pair aggregation and the
+shifted softplus (their inputs are cast to float32 at the boundary, cpu_kernels.py, so the sums over neighbours
+accumulate in float32), the distances and the Gaussian expansion, the output layer and the readout's sums with
+their atom references (schnet_model.SchNet), the loss, the optimiser state and the weight average (the parameters
+themselves stay float32; autocast casts a copy per operation).
+
+`auto` takes bfloat16 only where the hardware has it natively (CPU: AVX-512 BF16 or AMX; CUDA: a GPU with bfloat16
+support) and only for the targets whose accuracy per epoch was measured not to suffer (MEASURED_SAFE, empty until
+that measurement is made: docs/PERFORMANCE.md); everything else is float32.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+CHOICES = ("fp32", "bf16", "auto")
+MEASURED_SAFE: frozenset[str] = frozenset()  # targets trained in bf16 as accurately per epoch as in fp32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bfloat16 matrices natively: a CUDA GPU with bfloat16 support, or a CPU with
+    AVX-512 BF16 or AMX (Linux's /proc/cpuinfo flags)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve(choice: str, device: torch.device, targets: list[str]) -> str:
+    """'fp32' or 'bf16' for --precision `choice` on `device` for a model of `targets`."""
+    if choice != "auto":
+        return choice
+    return "bf16" if native_bf16(device) and set(targets) <= MEASURED_SAFE else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """torch.autocast to bfloat16 under 'bf16'; nothing under 'fp32'."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def prediction_shift(model: torch.nn.Module, batcher, mols: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """|y_bf16 - y_fp32| [M, K] of a model's predictions for molecules `mols` (CPU)."""
+    out = []
+    with torch.no_grad():
+        for mixed in ("fp32", "bf16"):
+            parts = []
+            for chunk in mols.split(batch_size):
+                b = batcher(chunk)
+                with autocast(torch.device("cpu"), mixed):
+                    parts.append(model(b.z, b.pos, b.batch))
+            out.append(torch.cat(parts))
+    return (out[1] - out[0]).abs()
+
+
+def main() -> None:
+    """How far bfloat16 moves each shipped model's predictions, against its test MAE (docs/PERFORMANCE.md)."""
+    import argparse
+
+    import checkpoint
+    import qm9_data
+    from predict import SHIPPED
+
+    p = argparse.ArgumentParser(description="bfloat16 against float32 predictions of every shipped model on the "
+                                "first M molecules of the standard test split")
+    p.add_argument("--molecules", type=int, default=1000)
+    args = p.parse_args()
+    qm9 = qm9_data.QM9("data", progress=False)
+    mols = qm9_data.split_indices(len(qm9))["test"][:args.molecules]
+    print(f"{len(mols)} test molecules, |bf16 - fp32| per target (and over the model's recorded test MAE), "
+          f"native bf16 here: {native_bf16(torch.device('cpu'))}")
+    for name, path in SHIPPED.items():
+        ckpt = checkpoint.load(path)
+        shift = prediction_shift(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), mols)
+        maes = checkpoint.test_mae(ckpt)
+        for k, target in enumerate(checkpoint.target_names(ckpt)):
+            mean, top = float(shift[:, k].mean()), float(shift[:, k].max())
+            print(f"  {path.name:22s} {target:6s} mean {mean:.3g} ({mean / maes[target]:.3f}), max {top:.3g} "
+                  f"({top / maes[target]:.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Mixed precision (precision.py, --precision): bfloat16 only in the linear layers, float32 sums, the stated
+tolerance on predictions, and `auto` choosing float32 until a target is measured safe."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import cpu_kernels
+import precision
+import predict
+import qm9_data
+import train
+from schnet_model import LITE_CONFIG, SchNet
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def test_bf16_inputs_are_summed_in_float32_by_kernels_and_definitions() -> None:
+    torch.manual_seed(0)
+    x, w = torch.randn(40, 16).bfloat16(), torch.randn(300, 16).bfloat16()
+    c = torch.rand(300)
+    j = torch.randint(0, 20, (300,))
+    pairs = torch.stack([j, j + torch.randint(1, 20, (300,))])
+    out = cpu_kernels.aggregate(x, w, c, pairs)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, cpu_kernels.aggregate_reference(x.float(), w.float(), c, pairs))
+    s = cpu_kernels.shifted_softplus(x)
+    assert s.dtype == torch.float32
+    torch.testing.assert_close(s, cpu_kernels.shifted_softplus_reference(x.float()))
+
+
+def test_under_bf16_the_matrix_products_are_bfloat16_and_the_readout_float32(qm9) -> None:
+    model = SchNet(**LITE_CONFIG, readout=["add", "mean", "dipole"], atomref=torch.randn(100, 3))
+    d = qm9[100]
+    seen = []
+    hook = model.interactions[0].mlp[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.no_grad(), precision.autocast(CPU, "bf16"):
+        y = model(d.z, d.pos)
+    hook.remove()
+    assert seen == [torch.bfloat16] and y.dtype == torch.float32
+    with torch.no_grad():
+        y32 = model(d.z, d.pos)
+    torch.testing.assert_close(y, y32, rtol=0.02, atol=0.05)  # bfloat16 keeps ~3 significant digits
+
+
+def test_a_bf16_training_step_follows_the_fp32_gradient(qm9) -> None:
+    import optim
+
+    torch.manual_seed(0)
+    b = qm9_data.Batcher(qm9)(torch.arange(32))
+    grads = []
+    for mixed in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = SchNet(**LITE_CONFIG, readout="mean", mean=6.8, std=1.3)
+        opt = optim.FlatAdam(model, 1e-3)
+        opt.step = lambda: None  # keep the weights: compare the gradients of the same point
+        train.train_step(model, opt, b, torch.tensor([4]), torch.tensor([1.3]), torch.ones(1), mixed=mixed)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert torch.isfinite(grads[1]).all() and cosine > 0.99
+
+
+def test_shipped_predictions_in_bf16_within_the_stated_tolerance_for_the_gap_not_for_u0(qm9) -> None:
+    """The tolerance: mean |bf16 - fp32| at most 5 % of the model's test MAE, the largest at most 25 %. The gap
+    model meets it; the U0 model does not (mean ~70 %), which is why `auto` predicts energies in fp32."""
+    mols = qm9_data.split_indices(len(qm9))["test"][:300]
+    batcher = qm9_data.Batcher(qm9)
+    ratios = {}
+    for name in ("gap", "U0"):
+        ckpt = checkpoint.load(predict.SHIPPED[name])
+        shift = precision.prediction_shift(checkpoint.build_model(ckpt), batcher, mols)[:, 0]
+        mae = checkpoint.test_mae(ckpt)[name]
+        ratios[name] = (float(shift.mean()) / mae, float(shift.max()) / mae)
+    assert ratios["gap"][0] <= 0.05 and ratios["gap"][1] <= 0.25, ratios
+    assert ratios["U0"][0] > 0.05, ratios
+    assert precision.resolve("auto", CPU, ["U0"]) == "fp32" and precision.resolve("auto", CPU, ["gap"]) == "fp32"
+    assert precision.resolve("bf16", CPU, ["U0"]) == "bf16"
+    assert isinstance(precision.native_bf16(CPU), bool)
+
+
+def test_predict_and_train_take_the_flag(qm9, tmp_path: Path) -> None:
+    import ase
+    import ase.io
+
+    d = qm9[1096]
+    ase.io.write(tmp_path / "m.xyz", ase.Atoms(numbers=d.z.numpy(), positions=d.pos.double().numpy()))
+    fp32, bf16 = (predict.main(["--device", "cpu", "--target", "gap", "--precision", p, str(tmp_path / "m.xyz")])
+                  for p in ("fp32", "bf16"))
+    assert fp32[0]["gap"] != bf16[0]["gap"] and abs(fp32[0]["gap"] - bf16[0]["gap"]) < 0.02
+    proc = subprocess.run([sys.executable, "train_lite.py", "--subset-size", "300", "--epochs", "2", "--precision",
+                           "bf16", "--tsne-samples", "20", "--device", "cpu", "--output-dir", str(tmp_path / "r"),
+                           "--checkpoint-dir", str(tmp_path / "c"), "--data-dir", str(REPO / "data")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "training steps in bf16" in proc.stdout
+    metrics = json.loads((tmp_path / "r" / "metrics_lite.json").read_text())
+    assert metrics["precision"] == "bf16" and metrics["test"]["gap"]["mae"] < 1.2  # it learned (std ~1.3 eV)
