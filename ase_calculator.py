@@ -30,7 +30,7 @@ from ase.calculators.calculator import Calculator, all_changes
 import checkpoint
 from cli import UserError
 
-SHIPPED_U0 = Path(__file__).resolve().parent / "models" / "schnet_qm9_U0.pth"
+SHIPPED_U0 = checkpoint.SHIPPED["U0"]
 
 
 def energy_output(ckpt: dict, path: Path, target: str | None = None) -> int:

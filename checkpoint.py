@@ -19,6 +19,8 @@ from qm9_data import atomic_write
 from schnet_model import SchNet
 
 CHECKPOINT_FORMAT = "schnet-qm9/1"
+# the full-QM9 models shipped in models/: all twelve properties in one, and dedicated gap and U0 models
+SHIPPED = {name: Path(__file__).resolve().parent / "models" / f"schnet_qm9_{name}.pth" for name in ("all", "gap", "U0")}
 
 
 def save(obj: dict, path: str | Path) -> None:

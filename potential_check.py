@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ase import Atoms
 from tqdm.auto import tqdm
 
 import ase_calculator
 import checkpoint
 import qm9_data
 from cli import Parser, UserError
+from domain import closest_pair
 from schnet_model import predict
 
 GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_mev=10.0, u0_mae=0.025)
@@ -69,10 +71,6 @@ def nve_drift(atoms, calc, fs: float = 100.0, dt_fs: float = 0.5, temperature: f
 
 
 def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> dict:
-    from ase import Atoms
-
-    from domain import closest_pair
-
     d = qm9[i]
     z, dft = d.z.numpy(), d.pos.double().numpy()
     atoms = Atoms(numbers=z, positions=dft)

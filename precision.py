@@ -71,7 +71,6 @@ def main() -> None:
 
     import checkpoint
     import qm9_data
-    from predict import SHIPPED
 
     p = argparse.ArgumentParser(description="bfloat16 against float32 predictions of every shipped model on the "
                                 "first M molecules of the standard test split")
@@ -81,7 +80,7 @@ def main() -> None:
     mols = qm9_data.split_indices(len(qm9))["test"][:args.molecules]
     print(f"{len(mols)} test molecules, |bf16 - fp32| per target (and over the model's recorded test MAE), "
           f"native bf16 here: {native_bf16(torch.device('cpu'))}")
-    for name, path in SHIPPED.items():
+    for path in checkpoint.SHIPPED.values():
         ckpt = checkpoint.load(path)
         shift = prediction_shift(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), mols)
         maes = checkpoint.test_mae(ckpt)

@@ -34,8 +34,7 @@ from molecules import Molecule, read_inputs
 from qm9_data import atomic_write
 from targets import STANDARD, target_name
 
-REPO = Path(__file__).resolve().parent
-SHIPPED = {name: REPO / "models" / f"schnet_qm9_{name}.pth" for name in ("all", "gap", "U0")}
+SHIPPED = checkpoint.SHIPPED
 DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model
 
 

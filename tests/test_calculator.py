@@ -153,3 +153,17 @@ def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, 
     assert rows[0]["relax_rmsd"] == pytest.approx(aligned_rmsd(atoms.get_positions(), pos), abs=1e-6)
     rows = predict.main(["--device", "cpu", "--target", "U0", "--relax", "--relax-steps", "2", str(tmp_path / "m.xyz")])
     assert "relaxation not converged in 2 steps (fmax 0.01 eV/A)" in rows[0]["note"]
+
+
+def test_potential_check_measures_and_writes_each_goal(tmp_path: Path) -> None:
+    import json
+
+    import potential_check
+
+    summary = potential_check.main(["--molecules", "2", "--output", str(tmp_path / "pc.json")])
+    written = json.loads((tmp_path / "pc.json").read_text())
+    assert written["summary"] == summary and len(written["molecules"]) == 2
+    assert set(written["goals"]) == {"max_force_median", "relax_rmsd", "min_distance", "md_drift_mev", "u0_mae"}
+    assert summary["u0_test_mae"] == pytest.approx(0.02124, abs=1e-4)  # the shipped model's recorded test MAE
+    for row in written["molecules"]:
+        assert row["max_force"] > 0 and row["relax_rmsd"] >= 0 and row["md_drift_mev"] >= 0

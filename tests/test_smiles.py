@@ -109,3 +109,16 @@ def test_predict_prints_the_notes(tmp_path: Path) -> None:
     assert rows[0]["note"] == "a single atom: QM9 has no free atoms; odd number of electrons (1, if neutral): a " \
                               "radical; QM9 is closed-shell"
     assert rows[1]["note"] == "2 fragments farther apart than the cutoff (10 A): seen as separate molecules"
+
+
+def test_geometry_cost_compares_rdkit_and_dft_geometries_for_every_shipped_target(tmp_path: Path) -> None:
+    import json
+
+    import geometry_cost
+    from targets import STANDARD
+
+    result = geometry_cost.main(["--molecules", "4", "--output", str(tmp_path / "gc.json")])
+    assert json.loads((tmp_path / "gc.json").read_text()) == result
+    assert result["molecules"] + len(result["failed"]) == 4 and list(result["targets"]) == STANDARD
+    for row in result["targets"].values():
+        assert row["ratio"] == pytest.approx(row["mae_rdkit_geometry"] / row["mae_dft_geometry"])
