@@ -2,6 +2,7 @@
 
     python geometry_cost.py --molecules 1000              # every shipped target, RDKit geometries as predict.py
     python geometry_cost.py --molecules 1000 --relax      # the same, relaxed first with the U0 model (--relax)
+    python geometry_cost.py --molecules 100 --relax --start dft   # what --relax does to DFT minima themselves
 
 For the first M of a seeded permutation of the standard test split (molecules no shipped model trained on), each
 molecule's SMILES (qm9pack's column) becomes a structure exactly as `predict.py --smiles` makes it (smiles.py:
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--molecules", type=int, default=1000, help="QM9 test molecules")
     p.add_argument("--relax", action="store_true", help="relax the RDKit geometries with the U0 model first")
+    p.add_argument("--start", choices=["smiles", "dft"], default="smiles", help="what the second column starts "
+                   "from: the SMILES (an RDKit geometry) or, with --relax, the DFT geometry itself (what "
+                   "predict.py --relax does to a DFT minimum)")
     p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: the shipped U0 model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
@@ -63,35 +67,43 @@ def main(argv: list[str] | None = None) -> dict:
         smiles = qm9_data.read_smiles()
         test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
         chosen = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.molecules]]
-        dft, rdkit, kept, failed = [], [], [], []
-        for i in tqdm(chosen.tolist(), desc="Embedding SMILES", unit="mol"):
-            text = smiles[int(qm9.gdb[i])]
-            try:
-                rdkit.append(from_smiles(text, {1, 6, 7, 8, 9}, "qm9", i))
-            except UserError:
-                failed.append(text)
-                continue
+        dft, second, kept, failed = [], [], [], []  # second: the RDKit (or relaxed DFT) geometry
+        if args.start == "dft" and not args.relax:
+            raise UserError("--start dft compares the DFT geometry with itself unless --relax moves it: add --relax")
+        for i in tqdm(chosen.tolist(), desc="Embedding SMILES" if args.start == "smiles" else "Molecules", unit="mol"):
             d = qm9[i]
+            if args.start == "dft":
+                second.append(Molecule("qm9", i, "", d.z.numpy(), d.pos.double().numpy()))
+            else:
+                text = smiles[int(qm9.gdb[i])]
+                try:
+                    second.append(from_smiles(text, {1, 6, 7, 8, 9}, "qm9", i))
+                except UserError:
+                    failed.append(text)
+                    continue
             dft.append(Molecule("qm9", i, "", d.z.numpy(), d.pos.double().numpy()))
             kept.append(i)
-        moved = predict.relax_all(rdkit, args.relax_checkpoint, 0.01, 1000) if args.relax else []
+        moved = predict.relax_all(second, args.relax_checkpoint, 0.01, 1000) if args.relax else []
         columns = shipped_columns()
-        from_dft, from_rdkit = predictions(dft, columns), predictions(rdkit, columns)
+        from_dft, from_second = predictions(dft, columns), predictions(second, columns)
     except UserError as err:
         sys.exit(f"error: {err}")
     rows = {}
-    print(f"{len(kept)} QM9 test molecules from SMILES ({len(failed)} of {len(chosen)} could not be embedded)"
+    other = "RDKit geometry" if args.start == "smiles" else "DFT, relaxed"
+    print(f"{len(kept)} QM9 test molecules" + (f" from SMILES ({len(failed)} of {len(chosen)} could not be embedded)"
+                                               if args.start == "smiles" else "")
           + (", relaxed with the U0 model" if args.relax else "") + ": MAE against DFT")
-    print(f"{'target':<8} {'unit':<10} {'DFT geometry':>13} {'RDKit geometry':>15} {'ratio':>6}")
+    print(f"{'target':<8} {'unit':<10} {'DFT geometry':>13} {other:>15} {'ratio':>6}")
     for name, _ in columns:
         true = qm9.y[kept, TARGETS[name].column].double().numpy()
-        a, b = np.abs(from_dft[name] - true).mean(), np.abs(from_rdkit[name] - true).mean()
-        rows[name] = dict(unit=TARGETS[name].unit, mae_dft_geometry=float(a), mae_rdkit_geometry=float(b),
-                          ratio=float(b / a))
+        a, b = np.abs(from_dft[name] - true).mean(), np.abs(from_second[name] - true).mean()
+        key = "mae_rdkit_geometry" if args.start == "smiles" else "mae_relaxed_dft_geometry"
+        rows[name] = {"unit": TARGETS[name].unit, "mae_dft_geometry": float(a), key: float(b), "ratio": float(b / a)}
         print(f"{name:<8} {TARGETS[name].unit:<10} {a:>13.4f} {b:>15.4f} {b / a:>6.2f}")
     if moved:
-        print(f"relaxation moved the RDKit geometries by {np.median(moved):.3f} A RMSD (median)")
-    result = dict(molecules=len(kept), failed=failed, relax=args.relax, seed=args.seed, targets=rows,
+        print(f"relaxation moved the {'RDKit' if args.start == 'smiles' else 'DFT'} geometries by "
+              f"{np.median(moved):.3f} A RMSD (median)")
+    result = dict(molecules=len(kept), failed=failed, relax=args.relax, start=args.start, seed=args.seed, targets=rows,
                   relax_rmsd_median=float(np.median(moved)) if moved else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with qm9_data.atomic_write(args.output) as tmp:

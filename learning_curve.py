@@ -89,6 +89,8 @@ def write_table(rows: list[dict], path: Path) -> None:
 
 def plot(tables: list[Path], path: Path) -> None:
     """One panel per target: test MAE against training molecules (log-log), one line per arm."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     import plots
 
     rows = [r for t in tables for r in csv.DictReader(t.open())]
@@ -105,6 +107,10 @@ def plot(tables: list[Path], path: Path) -> None:
         unit = next(r["unit"] for r in rows if r["target"] == name)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # 100, 1,000: not 10^2, 10^3
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            set_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("training molecules")
         ax.set_ylabel(plots.quantity(f"{name} test MAE", unit))
         ax.set_title(name + (f" (fine-tuned from {Path(origin.pop()).name})" if len(origin) == 1 else ""), fontsize=9)
@@ -129,7 +135,7 @@ def markdown(tables: list[Path]) -> str:
             cells = [f"{float(r['test_mae']):.4g}" if r else "not run" for r in (a, b)]
             ratio = float(b["test_mae"]) / float(a["test_mae"]) if a and b else None
             change = "" if ratio is None else f"{100 * (ratio - 1):+.0f} %".replace("-", "−")
-            lines.append(f"| {n:,} | {float(some['epochs']):g} ({some['steps']}) | {cells[0]} | {cells[1]} "
+            lines.append(f"| {n:,} | {float(some['epochs']):g} ({int(some['steps']):,}) | {cells[0]} | {cells[1]} "
                          f"| {change} |")
         lines.append("")
     return "\n".join(lines)
