@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+import potential  # noqa: E402
 import qm9_data  # noqa: E402
 
 KCAL_TO_EV = 0.0433641  # eV per kcal/mol
@@ -28,22 +29,12 @@ WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
 
 def mmff_hessian(z: np.ndarray, pos: np.ndarray, h: float = 1e-3) -> tuple[np.ndarray, np.ndarray] | None:
     """MMFF94's Hessian [3N, 3N] (eV/A^2) and gradient [3N] (eV/A) at pos, or None when RDKit cannot type it."""
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem import AllChem, rdDetermineBonds
+    from rdkit.Chem import AllChem
 
-    RDLogger.DisableLog("rdApp.*")
-    table = Chem.GetPeriodicTable()
-    block = f"{len(z)}\n\n" + "\n".join(f"{table.GetElementSymbol(int(a))} {x:.8f} {y:.8f} {w:.8f}"
-                                        for a, (x, y, w) in zip(z, pos))
-    mol = Chem.MolFromXYZBlock(block)
-    try:
-        rdDetermineBonds.DetermineBonds(mol, charge=0)
-        Chem.SanitizeMol(mol)
-    except Exception:
+    typed = potential.mmff_typed(z, pos)  # bonds from the geometry, MMFF94 types (as the training prior)
+    if typed is None:
         return None
-    props = AllChem.MMFFGetMoleculeProperties(mol)
-    if props is None:
-        return None
+    mol, props = typed
     ff = AllChem.MMFFGetMoleculeForceField(mol, props)
     ff.Initialize()
     x = np.array(ff.Positions())
