@@ -52,17 +52,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def prediction_shift(model: torch.nn.Module, batcher, mols: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """|y_bf16 - y_fp32| [M, K] of a model's predictions for molecules `mols` (CPU)."""
-    out = []
-    with torch.no_grad():
-        for mixed in ("fp32", "bf16"):
-            parts = []
-            for chunk in mols.split(batch_size):
-                b = batcher(chunk)
-                with autocast(torch.device("cpu"), mixed):
-                    parts.append(model(b.z, b.pos, b.batch))
-            out.append(torch.cat(parts))
-    return (out[1] - out[0]).abs()
+    """|y_bf16 - y_fp32| [M, K] of a model's predictions for molecules `mols` (CPU), by schnet_model.predict."""
+    from schnet_model import predict
+
+    fp32 = predict(model, batcher, mols, batch_size)
+    with autocast(torch.device("cpu"), "bf16"):
+        bf16 = predict(model, batcher, mols, batch_size)
+    return (bf16 - fp32).abs()
 
 
 def main() -> None:
