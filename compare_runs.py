@@ -88,6 +88,8 @@ def markdown(runs: list[Run], thresholds: list[float]) -> str:
 
 def plot(runs: list[Run], path: Path, title: str = "") -> None:
     """Validation MAE against epochs (left) and against wall-clock minutes (right), one line per run, log scale."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     import plots
 
     fig, (by_epoch, by_time) = plots._grid(2, (4.8, 3.6))
@@ -97,10 +99,13 @@ def plot(runs: list[Run], path: Path, title: str = "") -> None:
         by_time.plot(r.minutes, r.val_mae, "o-", ms=3, label=r.label)
     for ax, xlabel in ((by_epoch, "epoch"), (by_time, "wall clock (min, runs side by side)")):
         ax.set_yscale("log")
+        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            set_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 0.2: not 10^-1, 2 x 10^-1
         ax.set_xlabel(xlabel)
         ax.set_ylabel(plots.quantity(f"{name} validation MAE", runs[0].unit))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or f"{name}: validation MAE per epoch and per minute")
     fig.tight_layout()
     plots.save_figure(fig, path)
