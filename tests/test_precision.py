@@ -3,6 +3,7 @@ tolerance on predictions, and `auto` choosing float32 until a target is measured
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,14 @@ def test_predict_and_train_take_the_flag(qm9, tmp_path: Path) -> None:
     assert "training steps in bf16" in proc.stdout
     metrics = json.loads((tmp_path / "r" / "metrics_lite.json").read_text())
     assert metrics["precision"] == "bf16" and metrics["test"]["gap"]["mae"] < 1.2  # it learned (std ~1.3 eV)
+
+
+def test_onednn_kernel_cache_is_bounded_unless_the_user_sized_it() -> None:
+    """precision.py bounds oneDNN's kernel cache (its default held a bf16 run's kernels of past batch shapes:
+    3.8 GB); a size the user set is kept."""
+    code = "import os, precision; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    ours = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    theirs = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "100"})
+    assert ours.stdout.strip() == "32" and theirs.stdout.strip() == "100"

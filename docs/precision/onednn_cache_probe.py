@@ -1,0 +1,36 @@
+"""Peak memory and time of 300 default training steps in bf16 (batch 32, random QM9 molecules, train.train_step)
+for a given size of oneDNN's kernel cache (precision.py sets 32 unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set):
+
+    OMP_NUM_THREADS=1 python docs/precision/onednn_cache_probe.py 32      # the repo's setting
+    OMP_NUM_THREADS=1 python docs/precision/onednn_cache_probe.py 1024    # oneDNN's default
+    OMP_NUM_THREADS=1 python docs/precision/onednn_cache_probe.py 0       # no cache
+"""
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = sys.argv[1] if len(sys.argv) > 1 else "32"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+
+import torch  # noqa: E402
+
+import qm9_data  # noqa: E402
+import train  # noqa: E402
+from optim import FlatAdam  # noqa: E402
+from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
+
+torch.manual_seed(0)
+q = qm9_data.QM9("data", progress=False)
+bat = qm9_data.Batcher(q)
+model = SchNet(**FULL_CONFIG)
+opt = FlatAdam(model, 1e-4)
+column, scale, one = torch.tensor([4]), torch.ones(1), torch.ones(1)
+t = time.perf_counter()
+for step in range(301):
+    train.train_step(model, opt, bat(torch.randint(0, len(q), (32,))), column, scale, one, mixed="bf16")
+    if step % 100 == 0:
+        print(f"cache {os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']:>5}: step {step:3d}, peak "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, {time.perf_counter() - t:.1f} s",
+              flush=True)
