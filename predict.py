@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--precision", choices=list(precision.CHOICES), default="auto",
                    help="bf16: the linear layers in bfloat16 (faster on hardware that has it, and measured: on the "
                    "shipped gap model predictions move by 2.5 %% of its test MAE on average, on the U0 model by 71 "
-                   "%%: docs/PERFORMANCE.md); auto: fp32 unless a model's targets were measured safe (none yet)")
+                   "%%, and a molecule and its rotated copy differ by up to 5.6 meV instead of 0.005 meV: docs/PERFORMANCE.md); auto: fp32 (exact)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
     args = p.parse_args(argv)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             m.notes = domain.notes(m.z, m.pos, model.cutoff, max_heavy_atoms(ckpt), m.charge) + m.notes
         if not molecules:
             sys.exit("\n".join(f"error: {e}" for e in errors))
-        mixed = precision.resolve(args.precision, device, checkpoint.target_names(ckpt))
+        mixed = precision.resolve(args.precision, device, checkpoint.target_names(ckpt), training=False)
         preds, contributions = predict_molecules(model, molecules, device, args.batch_size, mixed)
     except UserError as err:
         sys.exit(f"error: {err}")

@@ -49,7 +49,8 @@ from qm9_data import Batcher
 from schnet_model import FULL_CONFIG, SchNet, count_parameters, predict
 
 FULL_DEFAULTS = dict(
-    subset_size=None, epochs=200, batch_size=32, lr=1e-3, patience=30, ema_decay=0.999, suffix="", **FULL_CONFIG,
+    subset_size=None, epochs=200, batch_size=32, lr=1e-3, patience=30, ema_decay=0.999, suffix="", precision="auto",
+    **FULL_CONFIG,
 )
 TARGET_HELP = ("QM9 target: a name (" + ", ".join(targets.TARGET_NAMES) + "; case-insensitive) or index 0-18, a "
                "comma list of them (one shared representation, one output each), or 'all' (the twelve standard "
@@ -110,10 +111,11 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         "With --data: add (extensive labels such as energies: a sum over atoms, on top of "
                         "per-element references fitted by least squares on the training structures) unless "
                         "mean (intensive labels: the mean over atoms) is given")
-    p.add_argument("--precision", choices=list(precision.CHOICES), default="auto",
+    p.add_argument("--precision", choices=list(precision.CHOICES), default=defaults["precision"],
                    help="bf16: the linear layers of the training steps in bfloat16 (torch.autocast), sums, readout, "
                         "loss, optimiser and weight average in float32; auto: bf16 only on hardware with native "
-                        "bfloat16 and for targets measured not to lose accuracy per epoch (none yet: fp32); "
+                        "bfloat16 and for targets measured not to lose accuracy per epoch (the gap; the rest fp32: "
+                        "docs/PERFORMANCE.md); "
                         "validation and test always in float32 (precision.py)")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import train
 from schnet_model import LITE_CONFIG
 
+# fp32 even where `auto` would train the gap in bf16: the lite model's step is bound by its operations' fixed cost,
+# not by its small products, and bf16 made it slower (0.76x, bench.py --config lite --bf16: docs/PERFORMANCE.md)
 LITE_DEFAULTS = dict(subset_size=10_000, epochs=20, batch_size=16, lr=3e-3, patience=0, ema_decay=0.999, suffix="_lite",
-                     **LITE_CONFIG)
+                     precision="fp32", **LITE_CONFIG)
 
 if __name__ == "__main__":
     train.main(defaults=LITE_DEFAULTS,
