@@ -35,8 +35,8 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 # the gap: within 0.6 % at each of 5 epochs, 2.7x sooner to each validation MAE).
 MEASURED_SAFE: frozenset[str] = frozenset({"gap"})
 # Targets that `auto` predicts in bf16: none. Prediction is cheap, and bf16 gives up exact invariance: the shipped
-# gap model's prediction for a molecule and for its rotated, translated copy differ by 4e-4 eV on average (5.6e-3
-# at most, 200 test molecules) in bf16, against 1e-6 eV in fp32.
+# gap model's predictions for a molecule and for its rotated, translated copy differ by 4.5e-4 eV on average and
+# 5.6e-3 at most in bf16, against 9e-7 and 6.7e-6 eV in fp32 (1,000 test molecules, `python precision.py`).
 PREDICTION_SAFE: frozenset[str] = frozenset()
 
 
@@ -77,8 +77,29 @@ def prediction_shift(model: torch.nn.Module, batcher, mols: torch.Tensor, batch_
     return (bf16 - fp32).abs()
 
 
+def rotation_shift(model: torch.nn.Module, batcher, mols: torch.Tensor, mixed: str,
+                   batch_size: int = 256) -> torch.Tensor:
+    """|y(R r + t) - y(r)| [M, K] under `mixed` precision: how far a model's predictions for molecules `mols` move
+    when every molecule is rotated by one seeded random rotation R and translated by t (exactly 0 in exact
+    arithmetic: the model sees distances only)."""
+    g = torch.Generator().manual_seed(0)
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=g))[0]  # [3, 3], orthogonal
+    shift = torch.tensor([5.0, -3.0, 11.0])
+    out = []
+    model.eval()
+    for chunk in mols.split(batch_size):
+        b = batcher(chunk)
+        moved = b.pos @ rotation.T + shift  # outside autocast, which would round this product to bfloat16
+        with torch.no_grad(), autocast(torch.device("cpu"), mixed):
+            y = model(b.z, b.pos, b.batch)
+            y_moved = model(b.z, moved, b.batch)
+        out.append((y_moved - y).abs())
+    return torch.cat(out)
+
+
 def main() -> None:
-    """How far bfloat16 moves each shipped model's predictions, against its test MAE (docs/PERFORMANCE.md)."""
+    """How far bfloat16 moves each shipped model's predictions, against its test MAE, and how far a rotated copy of
+    each molecule moves them in each precision (docs/PERFORMANCE.md)."""
     import argparse
 
     import checkpoint
@@ -100,6 +121,12 @@ def main() -> None:
             mean, top = float(shift[:, k].mean()), float(shift[:, k].max())
             print(f"  {path.name:22s} {target:6s} mean {mean:.3g} ({mean / maes[target]:.3f}), max {top:.3g} "
                   f"({top / maes[target]:.3f})")
+        for mixed in ("fp32", "bf16"):
+            moved = rotation_shift(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), mols, mixed)
+            print(f"  {path.name:22s} rotated and translated copy in {mixed}: |change| mean "
+                  + ", ".join(f"{t} {float(moved[:, k].mean()):.2g}" for k, t in enumerate(checkpoint.target_names(ckpt)))
+                  + "; max " + ", ".join(f"{t} {float(moved[:, k].max()):.2g}"
+                                         for k, t in enumerate(checkpoint.target_names(ckpt))))
 
 
 if __name__ == "__main__":

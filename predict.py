@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--precision", choices=list(precision.CHOICES), default="auto",
                    help="bf16: the linear layers in bfloat16 (faster on hardware that has it, and measured: on the "
                    "shipped gap model predictions move by 2.5 %% of its test MAE on average, on the U0 model by 71 "
-                   "%%, and a molecule and its rotated copy differ by up to 5.6 meV instead of 0.005 meV: docs/PERFORMANCE.md); auto: fp32 (exact)")
+                   "%%, and a molecule and its rotated copy differ by up to 5.6 meV instead of 0.007 meV: docs/PERFORMANCE.md); auto: fp32 (exact)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
     args = p.parse_args(argv)
