@@ -12,8 +12,8 @@ themselves stay float32; autocast casts a copy per operation).
 
 `auto` takes bfloat16 only where the hardware has it natively (CPU: AVX-512 BF16 or AMX; CUDA: a GPU with bfloat16
 support) and only where it was measured to be safe: in training, for the targets whose accuracy per epoch does not
-suffer (MEASURED_SAFE: the gap; docs/PERFORMANCE.md); in prediction, nowhere yet (PREDICTION_SAFE). Everything
-else is float32.
+suffer (MEASURED_SAFE: the gap and U0; docs/PERFORMANCE.md), without the potential's force terms; in prediction,
+nowhere yet (PREDICTION_SAFE). Everything else is float32.
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ CHOICES = ("fp32", "bf16", "auto")
 # default, and took 80 s with no cache. oneDNN reads the size when it first compiles, so it is set at import,
 # before any product; a value the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
-# Targets that `auto` trains in bf16: as accurate per epoch as fp32 on full QM9, side by side (docs/PERFORMANCE.md;
-# the gap: within 0.6 % at each of 5 epochs, 2.7x sooner to each validation MAE).
-MEASURED_SAFE: frozenset[str] = frozenset({"gap"})
+# Targets that `auto` trains in bf16: as accurate per epoch as fp32 on full QM9, side by side (docs/PERFORMANCE.md:
+# 5 epochs each, the gap within 0.6 % at every epoch and 2.7x sooner to each validation MAE; U0 likewise).
+# Not with the potential's force terms: their second derivatives were not measured in bf16.
+MEASURED_SAFE: frozenset[str] = frozenset({"gap", "U0"})
 # Targets that `auto` predicts in bf16: none. Prediction is cheap, and bf16 gives up exact invariance: the shipped
 # gap model's predictions for a molecule and for its rotated, translated copy differ by 4.5e-4 eV on average and
 # 5.6e-3 at most in bf16, against 9e-7 and 6.7e-6 eV in fp32 (1,000 test molecules, `python precision.py`).
@@ -52,11 +53,13 @@ def native_bf16(device: torch.device) -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def resolve(choice: str, device: torch.device, targets: list[str], training: bool = True) -> str:
-    """'fp32' or 'bf16' for --precision `choice` on `device` for a model of `targets`, in training or prediction."""
+def resolve(choice: str, device: torch.device, targets: list[str], training: bool = True,
+            forces: bool = False) -> str:
+    """'fp32' or 'bf16' for --precision `choice` on `device` for a model of `targets`, in training (`forces`: with
+    the potential's force terms) or prediction."""
     if choice != "auto":
         return choice
-    safe = MEASURED_SAFE if training else PREDICTION_SAFE
+    safe = PREDICTION_SAFE if not training else frozenset() if forces else MEASURED_SAFE
     return "bf16" if native_bf16(device) and set(targets) <= safe else "fp32"
 
 

@@ -114,8 +114,8 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=list(precision.CHOICES), default=defaults["precision"],
                    help="bf16: the linear layers of the training steps in bfloat16 (torch.autocast), sums, readout, "
                         "loss, optimiser and weight average in float32; auto: bf16 only on hardware with native "
-                        "bfloat16 and for targets measured not to lose accuracy per epoch (the gap; the rest fp32: "
-                        "docs/PERFORMANCE.md); "
+                        "bfloat16 and for targets measured not to lose accuracy per epoch (the gap and U0, without "
+                        "force terms; the rest fp32: docs/PERFORMANCE.md); "
                         "validation and test always in float32 (precision.py)")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",
@@ -287,7 +287,8 @@ class Trainer:
         self.window_err = torch.zeros(k, device=device)
         self.window_steps = 0
         self.task_weights = torch.ones(k, device=device)  # set from the running losses at each check
-        self.precision = precision.resolve(args.precision, device, self.names)  # of the training steps
+        self.precision = precision.resolve(args.precision, device, self.names,  # of the training steps
+                                           forces=bool(args.force_weight or args.prior_weight))
         self.potential = None  # U0 as a potential: the force terms of potential.py
         if args.force_weight or args.prior_weight:
             u0 = self.names.index("U0")
