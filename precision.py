@@ -118,14 +118,15 @@ def main() -> None:
           f"native bf16 here: {native_bf16(torch.device('cpu'))}")
     for path in checkpoint.SHIPPED.values():
         ckpt = checkpoint.load(path)
-        shift = prediction_shift(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), mols)
+        model, batcher = checkpoint.build_model(ckpt), qm9_data.Batcher(qm9)
+        shift = prediction_shift(model, batcher, mols)
         maes = checkpoint.test_mae(ckpt)
         for k, target in enumerate(checkpoint.target_names(ckpt)):
             mean, top = float(shift[:, k].mean()), float(shift[:, k].max())
             print(f"  {path.name:22s} {target:6s} mean {mean:.3g} ({mean / maes[target]:.3f}), max {top:.3g} "
                   f"({top / maes[target]:.3f})")
         for mixed in ("fp32", "bf16"):
-            moved = rotation_shift(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), mols, mixed)
+            moved = rotation_shift(model, batcher, mols, mixed)
             print(f"  {path.name:22s} rotated and translated copy in {mixed}: |change| mean "
                   + ", ".join(f"{t} {float(moved[:, k].mean()):.2g}" for k, t in enumerate(checkpoint.target_names(ckpt)))
                   + "; max " + ", ".join(f"{t} {float(moved[:, k].max()):.2g}"
