@@ -63,6 +63,16 @@ def resolve(choice: str, device: torch.device, targets: list[str], training: boo
     return "bf16" if native_bf16(device) and set(targets) <= safe else "fp32"
 
 
+def emulation_warning(choice: str, device: torch.device) -> str | None:
+    """The warning for an explicit `--precision bf16` on a device without native bfloat16, else None. There the
+    products are emulated: the default training step ran at 0.107x its fp32 speed on an AMD EPYC without AVX-512
+    BF16 (`python bench.py --config default --bf16`, docs/bench_bf16_emulated_2026-12-01.json)."""
+    if choice != "bf16" or native_bf16(device):
+        return None
+    return (f"warning: --precision bf16 on a {device.type.upper()} without native bfloat16 (AVX-512 BF16 or AMX): "
+            "it is emulated there, ~9x slower than fp32 (docs/PERFORMANCE.md); --precision auto picks fp32 here")
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """torch.autocast to bfloat16 under 'bf16'; nothing under 'fp32'."""
     if precision == "fp32":

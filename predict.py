@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not molecules:
             sys.exit("\n".join(f"error: {e}" for e in errors))
         mixed = precision.resolve(args.precision, device, checkpoint.target_names(ckpt), training=False)
+        if warning := precision.emulation_warning(args.precision, device):
+            print(warning, file=sys.stderr)
         preds, contributions = predict_molecules(model, molecules, device, args.batch_size, mixed)
     except UserError as err:
         sys.exit(f"error: {err}")

@@ -651,6 +651,8 @@ def run(args: argparse.Namespace) -> dict:
                      + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
     print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels} | "
           f"training steps in {trainer.precision}")
+    if warning := precision.emulation_warning(args.precision, device):
+        print(warning, file=sys.stderr)
     print(f"target{'s' if len(names) > 1 else ''}: {what}"
           + ("" if len(names) == 1 else f" | task weights {args.task_weights}"))
     print(f"{'molecules' if args.data is None else Path(args.data).name}: {len(split['train']):,} train / "
