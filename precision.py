@@ -69,8 +69,10 @@ def emulation_warning(choice: str, device: torch.device) -> str | None:
     BF16 (`python bench.py --config default --bf16`, docs/bench_bf16_emulated_2026-12-01.json)."""
     if choice != "bf16" or native_bf16(device):
         return None
-    return (f"warning: --precision bf16 on a {device.type.upper()} without native bfloat16 (AVX-512 BF16 or AMX): "
-            "it is emulated there, ~9x slower than fp32 (docs/PERFORMANCE.md); --precision auto picks fp32 here")
+    where = ("a CPU without native bfloat16 (AVX-512 BF16 or AMX): it is emulated there, ~9x slower than fp32 "
+             "(docs/PERFORMANCE.md)" if device.type == "cpu" else
+             "a GPU without bfloat16 support: it is emulated there, slower than fp32")
+    return f"warning: --precision bf16 on {where}; --precision auto picks fp32 here"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
