@@ -651,7 +651,7 @@ def run(args: argparse.Namespace) -> dict:
                      + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
     print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels} | "
           f"training steps in {trainer.precision}")
-    if warning := precision.emulation_warning(args.precision, device):
+    if world.main and (warning := precision.emulation_warning(args.precision, device)):  # once, not per rank
         print(warning, file=sys.stderr)
     print(f"target{'s' if len(names) > 1 else ''}: {what}"
           + ("" if len(names) == 1 else f" | task weights {args.task_weights}"))
