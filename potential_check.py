@@ -98,7 +98,8 @@ def summarise(rows: list[dict], u0_mae: float) -> dict:
 
 
 def print_summary(s: dict, path: Path) -> None:
-    print(f"model: {os.path.relpath(path)}, {s['molecules']} QM9 test molecules")
+    print(f"model: {os.path.relpath(path)}{'' if s['repulsion'] else ' without the ZBL wall'}, "
+          f"{s['molecules']} QM9 test molecules")
     print(f"  largest atomic force at the DFT geometry: median {s['max_force_median']:.3f} eV/A, "
           f"90th percentile {s['max_force_p90']:.3f} (goal: median <= {GOALS['max_force_median']})")
     print(f"  relaxed from 0.05 A noise: RMSD to DFT median {s['relax_rmsd_median']:.3f} A, mean "
@@ -117,13 +118,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--molecules", type=int, default=100, help="QM9 test molecules checked")
     p.add_argument("--noise", type=float, default=0.05, help="displacement before relaxing, A per coordinate")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the displacements and the velocities")
+    p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
+                   "calculator's ZBL wall below 0.9 A (repulsion.py)")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/potential_check.json"), help="the JSON written")
     args = p.parse_args(argv)
     try:
         if args.molecules <= 0 or not args.noise > 0:
             raise UserError("--molecules and --noise must be positive")
-        calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target)
+        calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
         qm9 = qm9_data.QM9(args.data_dir)
         ckpt = checkpoint.load(args.checkpoint)
         test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for i in tqdm(sample(args.molecules, args.seed), desc="Checking", unit="mol")]
     except UserError as err:
         sys.exit(f"error: {err}")
-    summary = summarise(rows, u0_mae)
+    summary = {**summarise(rows, u0_mae), "repulsion": calc.repulsion}
     print_summary(summary, args.checkpoint)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with qm9_data.atomic_write(args.output) as tmp:

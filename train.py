@@ -523,6 +523,11 @@ def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"{path} was trained with {flag} {state[key]}: resume with the same {flag} "
                             "(the schedule, the average and the position in the epoch depend on it)")
+    best = Path(args.checkpoint_dir) / f"best_model{args.suffix}.pth"
+    best_epoch = state["progress"]["best_epoch"]
+    if best_epoch >= 1 and not best.exists():  # the end of the run tests these weights from disk
+        raise UserError(f"{best} is missing, but {path} says epoch {best_epoch} validated best: copy it beside "
+                        f"{path.name} (it travels with the resume state), or start over without --resume")
     return state
 
 

@@ -149,7 +149,8 @@ def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, 
     relaxed = atoms.copy()
     relaxed.set_positions(pos)
     relaxed.calc = calc
-    assert converged and rows[0]["U0"] == pytest.approx(relaxed.get_potential_energy(), abs=2e-3)
+    # predict's model runs in float32, whose spacing at 1e4 eV is 1 meV: a few of them summed over the atoms
+    assert converged and rows[0]["U0"] == pytest.approx(relaxed.get_potential_energy(), abs=5e-3)
     assert rows[0]["relax_rmsd"] == pytest.approx(aligned_rmsd(atoms.get_positions(), pos), abs=1e-6)
     rows = predict.main(["--device", "cpu", "--target", "U0", "--relax", "--relax-steps", "2", str(tmp_path / "m.xyz")])
     assert "relaxation not converged in 2 steps (fmax 0.01 eV/A)" in rows[0]["note"]

@@ -152,6 +152,19 @@ def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp
     assert str(last) in proc.stderr.strip().splitlines()[-1]
 
 
+def test_resume_refuses_a_state_whose_best_weights_are_missing(lite_run: Path, tmp_path: Path) -> None:
+    """The end of a run tests the best weights from disk: a resume state moved without them stops at the start,
+    with one line naming the missing file, rather than after the remaining epochs."""
+    import shutil
+
+    shutil.copytree(lite_run / "checkpoints", tmp_path / "checkpoints")
+    (tmp_path / "checkpoints" / "best_model_lite.pth").unlink()
+    proc = run([sys.executable, "train_lite.py", *TINY, "--epochs", "3", "--resume"], tmp_path, check=False)
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "best_model_lite.pth is missing" in last_line, proc.stderr
+    assert "epoch" in last_line and "train loss" not in proc.stdout
+
+
 def test_a_loss_that_keeps_blowing_up_stops_with_a_message(tmp_path: Path) -> None:
     """lr 1e30: every window of steps spikes; each is rolled back with the learning rate halved, until it is cut
     to 1/1000 of --lr and the run stops with one line."""

@@ -1,0 +1,85 @@
+"""The ZBL wall: nothing at any QM9 geometry, the screened Coulomb repulsion of the nuclei where atoms meet, smooth
+in between, and its forces in the ASE calculator exact."""
+from __future__ import annotations
+
+import math
+
+import ase
+import numpy as np
+import pytest
+import torch
+
+import qm9_data
+import repulsion
+from ase_calculator import SchNetCalculator
+
+
+def test_qm9s_shortest_distance_is_beyond_the_switch(qm9) -> None:
+    """Over all 130,831 molecules: the shortest interatomic distance is SHORTEST_QM9, above R_OFF, so the wall adds
+    exactly zero to every QM9 geometry (and to none of the training data)."""
+    shortest = math.inf
+    for chunk in torch.arange(len(qm9)).split(4096):
+        b = qm9_data.Batcher(qm9)(chunk)
+        pos = b.pos.double()
+        j, i = qm9_data.radius_graph(pos, 1.2, b.batch)
+        shortest = min(shortest, float((pos[i] - pos[j]).norm(dim=-1).min()))
+        assert float(repulsion.energy(b.z, pos, b.batch).abs().max()) == 0.0
+    assert shortest == pytest.approx(repulsion.SHORTEST_QM9, abs=1e-4)
+    assert repulsion.R_OFF < shortest
+
+
+def test_screening_tends_to_bare_coulomb_and_decays() -> None:
+    """phi(0) = 1 (the four weights sum to one): at r -> 0 the nuclei repel as bare charges, k_e Z_i Z_j / r."""
+    assert sum(repulsion.PHI_C) == pytest.approx(1.0, abs=1e-4)
+    z6, z1 = torch.tensor([6]), torch.tensor([1])
+    r = torch.tensor([1e-5], dtype=torch.float64)
+    assert float(repulsion.zbl_pair(z6, z1, r) * r) == pytest.approx(repulsion.COULOMB * 6, rel=1e-3)
+    r = torch.linspace(0.05, 3.0, 200, dtype=torch.float64)
+    e = repulsion.zbl_pair(z6.expand(200), z1.expand(200), r)
+    assert bool((e.diff() < 0).all()) and float(e[-1] / (repulsion.COULOMB * 6 / 3.0)) < 0.01  # screened away
+
+
+def test_switch_is_twice_continuously_differentiable() -> None:
+    r = torch.tensor([repulsion.R_ON, repulsion.R_OFF, 0.3, 1.5, 0.75], dtype=torch.float64, requires_grad=True)
+    s = repulsion.switch(r)
+    (d1,) = torch.autograd.grad(s.sum(), r, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), r)
+    assert s.detach().tolist()[:4] == [1.0, 0.0, 1.0, 0.0] and 0 < float(s[4]) < 1
+    assert d1[:4].abs().max() < 1e-12 and d2[:4].abs().max() < 1e-9 and float(d1[4].detach()) < 0
+
+
+def test_energy_is_the_sum_over_close_pairs_per_molecule() -> None:
+    """Two molecules in one batch: H2 at 0.5 A, and a C-H pair at 0.7 A beside an O far away from both."""
+    z = torch.tensor([1, 1, 6, 1, 8])
+    pos = torch.tensor([[0, 0, 0], [0.5, 0, 0], [0, 0, 0], [0.7, 0, 0], [0, 3, 0]], dtype=torch.float64)
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    e = repulsion.energy(z, pos, batch)
+    hh = repulsion.zbl_pair(torch.tensor([1]), torch.tensor([1]), torch.tensor([0.5], dtype=torch.float64))
+    ch = repulsion.zbl_pair(torch.tensor([6]), torch.tensor([1]), torch.tensor([0.7], dtype=torch.float64))
+    s = repulsion.switch(torch.tensor([0.7], dtype=torch.float64))
+    torch.testing.assert_close(e, torch.cat([hh, ch * s]))
+    assert float(e[1]) > 1.0  # eV: a C-H pair at 0.7 A costs more than any bond's energy gains there
+
+
+def test_calculator_adds_the_wall_with_exact_forces() -> None:
+    """A methane with one hydrogen pushed to 0.45 A of the carbon: the calculator's energy is the model's plus the
+    wall's, its forces are still minus the finite-difference gradient, and they push the hydrogen out."""
+    atoms = ase.Atoms("CH4", positions=[[0, 0, 0], [0.45, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89],
+                                        [-0.36, -0.51, -0.89]])
+    with_wall, without = SchNetCalculator(), SchNetCalculator(repulsion=False)
+    atoms.calc = without
+    e_model = atoms.get_potential_energy()
+    atoms.calc = with_wall
+    z = torch.tensor(atoms.numbers)
+    wall = float(repulsion.energy(z, torch.tensor(atoms.positions)))
+    assert wall > 10 and atoms.get_potential_energy() == pytest.approx(e_model + wall, abs=1e-9)
+    f = atoms.get_forces()
+    assert f[1, 0] > 0  # the hydrogen is pushed away from the carbon along +x
+    h = 1e-5
+    for i, k in [(1, 0), (0, 0), (2, 1)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, k] += h
+        minus.positions[i, k] -= h
+        plus.calc = minus.calc = with_wall
+        numeric = -(plus.get_potential_energy() - minus.get_potential_energy()) / (2 * h)
+        assert f[i, k] == pytest.approx(numeric, rel=1e-5, abs=1e-5)
