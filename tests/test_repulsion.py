@@ -44,7 +44,7 @@ def test_switch_is_twice_continuously_differentiable() -> None:
     s = repulsion.switch(r)
     (d1,) = torch.autograd.grad(s.sum(), r, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), r)
-    assert s.detach().tolist()[:4] == [1.0, 0.0, 1.0, 0.0] and 0 < float(s[4]) < 1
+    assert s.detach().tolist()[:4] == [1.0, 0.0, 1.0, 0.0] and 0 < float(s[4].detach()) < 1
     assert d1[:4].abs().max() < 1e-12 and d2[:4].abs().max() < 1e-9 and float(d1[4].detach()) < 0
 
 
