@@ -1,6 +1,6 @@
 """A wall where atoms meet: the ZBL screened nuclear repulsion, switched off below QM9's shortest interatomic distance.
 
-A SchNet trained on QM9 has never seen two atoms closer than QM9's shortest bond (SHORTEST_QM9, an O-H or N-H
+A SchNet trained on QM9 has never seen two atoms closer than QM9's shortest bond (SHORTEST_QM9, an O-H
 bond), and its energy there is whatever the filters extrapolate to: relaxations on the shipped U0 model end with
 atoms on top of each other (docs/POTENTIAL.md). Potentials trained on data add a fixed pair repulsion for this
 (the ZBL term of NequIP, Allegro and MACE). The Ziegler-Biersack-Littmark universal potential of two nuclei of
@@ -55,7 +55,5 @@ def energy(z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
     j, i = qm9_data.radius_graph(pos.detach(), R_OFF, batch)
     keep = i < j  # each unordered pair once
     i, j = i[keep], j[keep]
-    if len(i) == 0:
-        return out
     r = (pos[i] - pos[j]).norm(dim=-1)
     return out.index_add(0, batch[i], zbl_pair(z[i], z[j], r) * switch(r))

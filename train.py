@@ -278,8 +278,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_idx) / args.batch_size)
         budget = None if args.time_budget is None else 60 * args.time_budget
         self.schedule = Schedule(args.lr, min(1000, self.steps_per_epoch), args.epochs * self.steps_per_epoch, budget)
-        self.last_path = Path(args.checkpoint_dir) / f"last{args.suffix}.pth"
-        self.best_path = Path(args.checkpoint_dir) / f"best_model{args.suffix}.pth"
+        self.last_path, self.best_path = state_paths(args)
         self.val_seconds = 0.0  # duration of the last validation: reserved at the end of a time budget
         self.t0 = time.perf_counter()
         k = len(self.names)
@@ -503,9 +502,15 @@ class Trainer:
         self.save_state(p)
 
 
+def state_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(the resume state, the best weights) of a run, in --checkpoint-dir."""
+    folder = Path(args.checkpoint_dir)
+    return folder / f"last{args.suffix}.pth", folder / f"best_model{args.suffix}.pth"
+
+
 def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
     """The interrupted run's state, checked against the flags that must not change across a resume."""
-    path = Path(args.checkpoint_dir) / f"last{args.suffix}.pth"
+    path, best = state_paths(args)
     state = checkpoint.load(path)
     if "progress" not in state or "running_loss" not in state["progress"]:
         raise UserError(f"{path} was written by an older version of train.py: start over without --resume")
@@ -523,7 +528,6 @@ def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"{path} was trained with {flag} {state[key]}: resume with the same {flag} "
                             "(the schedule, the average and the position in the epoch depend on it)")
-    best = Path(args.checkpoint_dir) / f"best_model{args.suffix}.pth"
     best_epoch = state["progress"]["best_epoch"]
     if best_epoch >= 1 and not best.exists():  # the end of the run tests these weights from disk
         raise UserError(f"{best} is missing, but {path} says epoch {best_epoch} validated best: copy it beside "
@@ -590,7 +594,7 @@ def join_processes(args: argparse.Namespace, device: torch.device) -> tuple[Worl
     if args.batch_size < world.size:
         raise UserError(f"--batch-size {args.batch_size} is smaller than the {world.size} processes: it is the "
                             "global batch, split across them; use at least one molecule per process")
-    if distributed.restarted() and (Path(args.checkpoint_dir) / f"last{args.suffix}.pth").is_file():
+    if distributed.restarted() and state_paths(args)[0].is_file():
         args.resume = True
         print(f"torchrun restarted the workers (restart {os.environ['TORCHELASTIC_RESTART_COUNT']}): resuming")
     return world, device
