@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, default=ase_calculator.SHIPPED_U0, help="an energy checkpoint")
     p.add_argument("--molecules", type=int, default=10, help="molecules, from potential_check.py's sample")
     args = p.parse_args()
+    if args.molecules <= 0:
+        p.error(f"--molecules must be positive, got {args.molecules}")
     calc = ase_calculator.SchNetCalculator(args.checkpoint)
     qm9 = qm9_data.QM9("data")
     counts, drops, rmsds = [], [], []
