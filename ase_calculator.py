@@ -6,6 +6,7 @@
 
     atoms = read("mol.xyz")
     atoms.calc = SchNetCalculator()          # the shipped U0 model; or SchNetCalculator("checkpoints/x.pth")
+    # for relaxations and MD the shipped U0 potential: SchNetCalculator("models/schnet_qm9_U0_potential.pth")
     print(atoms.get_potential_energy())      # eV
     BFGS(atoms).run(fmax=0.01)               # forces in eV/Angstrom
 

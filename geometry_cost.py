@@ -1,15 +1,15 @@
 """What a SMILES instead of the DFT geometry costs: predictions from RDKit geometries against those from QM9's own.
 
     python geometry_cost.py --molecules 1000              # every shipped target, RDKit geometries as predict.py
-    python geometry_cost.py --molecules 1000 --relax      # the same, relaxed first with the U0 model (--relax)
+    python geometry_cost.py --molecules 1000 --relax      # the same, relaxed first as predict.py --relax does
     python geometry_cost.py --molecules 100 --relax --start dft   # what --relax does to DFT minima themselves
 
 For the first M of a seeded permutation of the standard test split (molecules no shipped model trained on), each
 molecule's SMILES (qm9pack's column) becomes a structure exactly as `predict.py --smiles` makes it (smiles.py:
-ETKDG, MMFF94, seeded), optionally relaxed on the U0 model's surface as `predict.py --relax` does. Every shipped
-model then predicts from the DFT geometry and from the RDKit one, and the table gives, per target, the MAE
-against QM9's DFT label of each, and their ratio (the goal with --relax: at most 1.5). SMILES that RDKit cannot
-embed are counted and left out of both columns.
+ETKDG, MMFF94, seeded), optionally relaxed as `predict.py --relax` does (on the shipped U0 potential's surface).
+Every shipped model then predicts from the DFT geometry and from the RDKit one, and the table gives, per target,
+the MAE against QM9's DFT label of each, and their ratio (the goal with --relax: at most 1.5). SMILES that RDKit
+cannot embed are counted and left out of both columns.
 """
 from __future__ import annotations
 
@@ -51,11 +51,11 @@ def predictions(molecules: list[Molecule], columns: list[tuple[str, Path]]) -> d
 def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--molecules", type=int, default=1000, help="QM9 test molecules")
-    p.add_argument("--relax", action="store_true", help="relax the RDKit geometries with the U0 model first")
+    p.add_argument("--relax", action="store_true", help="relax the RDKit geometries first, as predict.py --relax does")
     p.add_argument("--start", choices=["smiles", "dft"], default="smiles", help="what the second column starts "
                    "from: the SMILES (an RDKit geometry) or, with --relax, the DFT geometry itself (what "
                    "predict.py --relax does to a DFT minimum)")
-    p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: the shipped U0 model)")
+    p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: the shipped U0 potential)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/geometry_cost.json"), help="the JSON written")
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     other = "RDKit geometry" if args.start == "smiles" else "DFT, relaxed"
     print(f"{len(kept)} QM9 test molecules" + (f" from SMILES ({len(failed)} of {len(chosen)} could not be embedded)"
                                                if args.start == "smiles" else "")
-          + (", relaxed with the U0 model" if args.relax else "") + ": MAE against DFT")
+          + (f", relaxed with {Path(args.relax_checkpoint or predict.RELAXER).name}" if args.relax else "")
+          + ": MAE against DFT")
     print(f"{'target':<8} {'unit':<10} {'DFT geometry':>13} {other:>15} {'ratio':>6}")
     for name, _ in columns:
         true = qm9.y[kept, TARGETS[name].column].double().numpy()
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"relaxation moved the {'RDKit' if args.start == 'smiles' else 'DFT'} geometries by "
               f"{np.median(moved):.3f} A RMSD (median)")
     result = dict(molecules=len(kept), failed=failed, relax=args.relax, start=args.start, seed=args.seed, targets=rows,
-                  relax_rmsd_median=float(np.median(moved)) if moved else None)
+                  relax_rmsd_median=float(np.median(moved)) if moved else None,
+                  relax_checkpoint=str(args.relax_checkpoint or predict.RELAXER) if args.relax else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with qm9_data.atomic_write(args.output) as tmp:
         tmp.write_text(json.dumps(result, indent=1))

@@ -36,6 +36,8 @@ from targets import STANDARD, target_name
 
 SHIPPED = checkpoint.SHIPPED
 DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model
+# --relax's surface: U0 trained as a potential; the U0 model's own surface is a saddle at DFT's minima, with holes
+RELAXER = SHIPPED["U0_potential"]
 
 
 @torch.no_grad()
@@ -111,13 +113,14 @@ def max_heavy_atoms(ckpt: dict) -> int | None:
 
 
 def relax_all(molecules: list[Molecule], path: str | None, fmax: float, steps: int) -> list[float]:
-    """Relaxes every molecule in place on the U0 model's surface (ase_calculator.py); returns how far each moved
-    (aligned RMSD to its input geometry, Angstrom) and notes the ones that did not converge."""
+    """Relaxes every molecule in place on the surface of the energy model at `path` (default: the shipped U0
+    potential; ase_calculator.py); returns how far each moved (aligned RMSD to its input geometry, Angstrom) and
+    notes the ones that did not converge."""
     from tqdm.auto import tqdm
 
     import ase_calculator
 
-    calc = ase_calculator.SchNetCalculator(path or SHIPPED["U0"])
+    calc = ase_calculator.SchNetCalculator(path or RELAXER)
     moved = []
     for m in tqdm(molecules, desc="Relaxing", unit="mol", disable=None if len(molecules) > 1 else True):
         start = m.pos
@@ -144,10 +147,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "shipped all-target model (models/schnet_qm9_all.pth)")
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (default: the shipped model for --target)")
     p.add_argument("--relax", action="store_true", help="first relax each structure (BFGS) with the energy and "
-                   "forces of the U0 model (ase_calculator.py); adds the column relax_rmsd (A moved). The shipped U0 "
-                   "model is not yet a potential: it moves QM9 molecules ~0.65 A off their DFT minima and makes "
-                   "predictions worse (docs/POTENTIAL.md)")
-    p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: models/schnet_qm9_U0.pth)")
+                   "forces of the shipped U0 potential (models/schnet_qm9_U0_potential.pth, ase_calculator.py); adds "
+                   "the column relax_rmsd (A moved). It is not yet at DFT's minima: it moves QM9 molecules ~0.25 A "
+                   "off them and makes predictions from DFT geometries worse (docs/POTENTIAL.md)")
+    p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: "
+                   "models/schnet_qm9_U0_potential.pth)")
     p.add_argument("--relax-fmax", type=float, default=0.01, help="--relax stops when every force is below this "
                    "(eV/A)")
     p.add_argument("--relax-steps", type=int, default=1000, help="--relax stops after this many BFGS steps")
