@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/geometry_cost.json"), help="the JSON written")
     args = p.parse_args(argv)
+    relaxer = Path(args.relax_checkpoint or predict.RELAXER)  # the surface --relax relaxes on
     try:
         if args.molecules <= 0:
             raise UserError("--molecules must be positive")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
             dft.append(Molecule("qm9", i, "", d.z.numpy(), d.pos.double().numpy()))
             kept.append(i)
-        moved = predict.relax_all(second, args.relax_checkpoint, 0.01, 1000) if args.relax else []
+        moved = predict.relax_all(second, str(relaxer), 0.01, 1000) if args.relax else []
         columns = shipped_columns()
         from_dft, from_second = predictions(dft, columns), predictions(second, columns)
     except UserError as err:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     other = "RDKit geometry" if args.start == "smiles" else "DFT, relaxed"
     print(f"{len(kept)} QM9 test molecules" + (f" from SMILES ({len(failed)} of {len(chosen)} could not be embedded)"
                                                if args.start == "smiles" else "")
-          + (f", relaxed with {Path(args.relax_checkpoint or predict.RELAXER).name}" if args.relax else "")
+          + (f", relaxed with {relaxer.name}" if args.relax else "")
           + ": MAE against DFT")
     print(f"{'target':<8} {'unit':<10} {'DFT geometry':>13} {other:>15} {'ratio':>6}")
     for name, _ in columns:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{np.median(moved):.3f} A RMSD (median)")
     result = dict(molecules=len(kept), failed=failed, relax=args.relax, start=args.start, seed=args.seed, targets=rows,
                   relax_rmsd_median=float(np.median(moved)) if moved else None,
-                  relax_checkpoint=str(args.relax_checkpoint or predict.RELAXER) if args.relax else None)
+                  relax_checkpoint=str(relaxer) if args.relax else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with qm9_data.atomic_write(args.output) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
