@@ -100,3 +100,26 @@ def test_a_lite_u0_run_with_the_force_terms_writes_their_history(tmp_path: Path,
     assert float(row["val_max_force_median"]) > 0
     assert (float(row["train_force_rms"]) > 0) == (weights[0] == "1")
     assert (float(row["train_prior_rms"]) > 0) == (weights[1] == "1")
+
+
+def test_mode_check_resolves_mmff_into_internal_normal_modes(qm9) -> None:
+    """docs/potential/mode_check.py's basis: 3n - 6 orthonormal internal modes, free of rigid motions, along
+    which MMFF94's restoring force is its curvature times the displacement (F(x + e v) - F(x) = -e lambda v)."""
+    sys.path.insert(0, str(REPO / "docs" / "potential"))
+    import mode_check
+
+    d = qm9[321]
+    z, pos = d.z.numpy(), d.pos.double().numpy()
+    lam, V = mode_check.mmff_modes(z, pos)
+    n = len(z)
+    assert V.shape == (3 * n, 3 * n - 6)
+    np.testing.assert_allclose(V.T @ V, np.eye(3 * n - 6), atol=1e-10)
+    c = pos - pos.mean(0)
+    rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]
+    np.testing.assert_allclose(np.array(rigid) @ V, 0.0, atol=1e-9)
+    typed = potential.mmff_typed(z, pos)
+    eps = 1e-4
+    for k in (0, len(lam) // 2, len(lam) - 1):  # the softest, a middle and the stiffest mode
+        change = potential.mmff_forces(typed, pos + eps * V[:, k].reshape(-1, 3)) - potential.mmff_forces(typed, pos)
+        np.testing.assert_allclose(change.ravel(), -eps * lam[k] * V[:, k], atol=2e-3 * eps * abs(lam).max())
+    assert lam.max() > 10  # the C-H and C-C stretches: tens of eV/A^2
