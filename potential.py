@@ -21,6 +21,19 @@ of QM9's: docs/POTENTIAL.md); its minimum is not, which the shift removes; and w
 its bonds and van der Waals terms push them apart. Bonds come from each DFT geometry (RDKit's rdDetermineBonds);
 molecules RDKit cannot type are left out of the prior term (their atoms get no target). Both terms differentiate
 forces, which are themselves a gradient: second derivatives through the model (cpu_kernels.py provides them).
+
+A force residual r says little about how far the minimum lies: along a normal mode of curvature lambda it moves the
+minimum by r / lambda, so the same 0.03 eV/A is 0.001 A along a C-H stretch (lambda ~ 50 eV/A^2) and 0.3 A along a
+torsion (~ 0.1). Plain squared forces spend the training on the stiff modes, and the minimum misses DFT's along the
+soft ones (docs/potential/mode_check.py). With a stiffness k > 0 (`train.py --precondition k`) both residuals are
+measured through
+
+.. math::
+    M = I + \\sum_k (w_k - 1)\\, v_k v_k^T, \\qquad w_k = \\max\\left(1, \\frac{k}{\\max(|\\lambda_k|, \\lambda_0)}\\right),
+    \\qquad \\mathcal{L} = \\frac{1}{N} \\sum_i \\frac{|(M r)_i|^2}{s^2}
+
+with (lambda_k, v_k) MMFF94's internal normal modes at the DFT geometry and lambda_0 = 0.1 eV/A^2: modes stiffer
+than k keep the plain term; along softer ones the residual counts as the displacement it causes, times k.
 """
 from __future__ import annotations
 
@@ -31,6 +44,7 @@ import torch
 from torch import Tensor
 
 KCAL_TO_EV = 0.0433641  # eV per kcal/mol, MMFF's energy unit
+SOFTEST = 0.1  # eV/A^2, lambda_0: the smallest curvature the preconditioner divides by (at most k / 0.1 times)
 
 
 def forces(energy: Tensor, pos: Tensor, create_graph: bool = True) -> Tensor:
@@ -83,29 +97,100 @@ def mmff_restoring_forces(z: np.ndarray, pos: np.ndarray, displaced: np.ndarray)
     return mmff_forces(typed, displaced) - mmff_forces(typed, pos)
 
 
-def prior_targets(z: Tensor, pos: Tensor, ptr: Tensor, displaced: Tensor) -> tuple[Tensor, Tensor]:
-    """For a batch (z [N], DFT positions pos [N, 3], molecule offsets ptr [B + 1], displaced positions [N, 3]):
-    the shifted MMFF94 forces at the displaced geometries [N, 3] (eV/A) and which atoms have one [N] (bool)."""
-    z_np = z.cpu().numpy()
-    pos_np, moved_np = pos.detach().double().cpu().numpy(), displaced.detach().double().cpu().numpy()
-    target = np.zeros_like(pos_np)
-    known = np.zeros(len(z_np), dtype=bool)
-    for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist()):
-        f = mmff_restoring_forces(z_np[a:b], pos_np[a:b], moved_np[a:b])
-        if f is not None:
-            target[a:b], known[a:b] = f, True
-    return torch.from_numpy(target).to(pos), torch.from_numpy(known).to(pos.device)
+def internal_basis(pos: np.ndarray) -> np.ndarray:
+    """An orthonormal basis Q [3n, 3n - 6] of the displacements of positions pos [n, 3] that are not rigid
+    translations or rotations (for a linear molecule one rotation is degenerate: 3n - 5 columns)."""
+    c = pos - pos.mean(0)
+    rigid = [np.tile(np.eye(3)[a], len(pos)) for a in range(3)]  # translations
+    rigid += [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]  # infinitesimal rotations about the centroid
+    u, s, _ = np.linalg.svd(np.array(rigid).T, full_matrices=True)
+    return u[:, int((s > 1e-6 * s[0]).sum()):]
+
+
+def mmff_hessian(typed, pos: np.ndarray, h: float = 1e-3) -> np.ndarray:
+    """MMFF94's Hessian (eV/A^2) [3n, 3n] at pos [n, 3], central differences of its gradient, symmetrised.
+
+    One force field serves the 6n gradients, each after Initialize() (0.04 ms, a new field 1 ms): without it,
+    CalcGrad(positions) is right only on its first call (later ones were off by hundreds of kcal/mol/A, RDKit
+    2026.9; `mmff_forces` builds a new field instead)."""
+    from rdkit.Chem import AllChem
+
+    ff = AllChem.MMFFGetMoleculeForceField(*typed)
+    x = pos.ravel()
+
+    def gradient(y: np.ndarray) -> np.ndarray:
+        ff.Initialize()
+        return np.array(ff.CalcGrad(y.tolist()))
+
+    step = h * np.eye(x.size)
+    rows = np.array([gradient(x + e) - gradient(x - e) for e in step]) * KCAL_TO_EV / (2 * h)
+    return 0.5 * (rows + rows.T)
+
+
+def mmff_modes(typed, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MMFF94's internal normal modes at pos [n, 3]: curvatures lambda [m] (eV/A^2, ascending; negative where pos
+    is not MMFF's minimum) and orthonormal modes V [3n, m], m = 3n - 6, from Q^T H Q = U diag(lambda) U^T, V = Q U
+    (Q: `internal_basis`)."""
+    q = internal_basis(pos)
+    lam, u = np.linalg.eigh(q.T @ mmff_hessian(typed, pos) @ q)
+    return lam, q @ u
+
+
+def preconditioner(lam: np.ndarray, modes: np.ndarray, stiffness: float) -> np.ndarray:
+    """M = I + V diag(w - 1) V^T [3n, 3n], w_k = max(1, stiffness / max(|lambda_k|, SOFTEST)) (module docstring)."""
+    w = np.maximum(1.0, stiffness / np.maximum(np.abs(lam), SOFTEST))
+    return np.eye(len(modes)) + (modes * (w - 1.0)) @ modes.T
+
+
+def molecule_spans(batch: Tensor) -> list[tuple[int, int]]:
+    """(first atom, one past the last) of each molecule of a batch vector [N] (molecules contiguous)."""
+    ends = torch.bincount(batch).cumsum(0).tolist()
+    return list(zip([0] + ends[:-1], ends))
+
+
+def prior_targets(typed: list, pos: np.ndarray, spans: list[tuple[int, int]], displaced: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """For a batch (each molecule's `mmff_typed` or None, DFT positions pos [N, 3], the molecules' atom spans,
+    displaced positions [N, 3]): the shifted MMFF94 forces at the displaced geometries [N, 3] (eV/A) and which
+    atoms have one [N] (bool)."""
+    target = np.zeros_like(pos)
+    known = np.zeros(len(pos), dtype=bool)
+    for t, (a, b) in zip(typed, spans):
+        if t is not None:
+            target[a:b] = mmff_forces(t, displaced[a:b]) - mmff_forces(t, pos[a:b])
+            known[a:b] = True
+    return target, known
+
+
+def preconditioners(typed: list, pos: np.ndarray, spans: list[tuple[int, int]], stiffness: float) -> np.ndarray:
+    """Each molecule's `preconditioner` at its DFT geometry (the identity for those MMFF cannot type), zero-padded to
+    [B, 3m, 3m] for the batch's largest molecule of m atoms."""
+    m = max(b - a for a, b in spans)
+    out = np.zeros((len(spans), 3 * m, 3 * m))
+    for j, (t, (a, b)) in enumerate(zip(typed, spans)):
+        out[j, :3 * (b - a), :3 * (b - a)] = (np.eye(3 * (b - a)) if t is None
+                                              else preconditioner(*mmff_modes(t, pos[a:b]), stiffness))
+    return out
+
+
+def apply_blocks(blocks: Tensor, r: Tensor, batch: Tensor) -> Tensor:
+    """(M r) [N, 3] for per-atom vectors r [N, 3] of a batch and per-molecule matrices `blocks` [B, 3m, 3m]."""
+    from torch_geometric.utils import to_dense_batch
+
+    dense, mask = to_dense_batch(r, batch, max_num_nodes=blocks.shape[1] // 3)  # [B, m, 3], atom-major like pos
+    return torch.bmm(blocks, dense.reshape(len(blocks), -1, 1)).reshape(dense.shape)[mask]
 
 
 class PotentialLoss:
     """The zero-force and prior terms for energy output `output` of each training batch (weighted, to add to the
-    energy loss), and their running means for the epoch's line (`take`). The displacements of step t come from a
-    generator seeded by (seed, t), so a resumed run draws the same ones."""
+    energy loss), and their running means for the epoch's line (`take`). With `stiffness` > 0 both residuals are
+    preconditioned by MMFF94's normal modes (module docstring). The displacements of step t come from a generator
+    seeded by (seed, t), so a resumed run draws the same ones."""
 
     def __init__(self, output: int, scale: float, force_weight: float, prior_weight: float, noise: float,
-                 seed: int) -> None:
+                 seed: int, stiffness: float = 0.0) -> None:
         self.output, self.scale, self.noise, self.seed = output, scale, noise, seed
-        self.force_weight, self.prior_weight = force_weight, prior_weight
+        self.force_weight, self.prior_weight, self.stiffness = force_weight, prior_weight, stiffness
         self.sums: Tensor | None = None  # [2] summed over steps: mean |F|^2 at minima, mean |F - F*|^2 displaced
         self.steps = 0
 
@@ -114,28 +199,38 @@ class PotentialLoss:
         """pos [N, 3] the DFT positions the batch's energies [B] were computed from (requiring grad)."""
         loss = energy.new_zeros(())
         stats = energy.new_zeros(2).double()  # on the device: no host synchronisation for the statistics
+        spans = molecule_spans(batch)
+        typed, blocks = [], None
+        if self.prior_weight or self.stiffness:
+            z_np, pos_np = z.cpu().numpy(), pos.detach().double().cpu().numpy()
+            typed = [mmff_typed(z_np[a:b], pos_np[a:b]) for a, b in spans]
+        if self.stiffness:
+            blocks = torch.from_numpy(preconditioners(typed, pos_np, spans, self.stiffness)).to(pos)
+
+        def measured(r: Tensor) -> Tensor:  # [N] squared residual per atom, through M when preconditioned
+            return (r if blocks is None else apply_blocks(blocks, r, batch)).square().sum(-1)
+
         if self.force_weight:
             f = forces(energy, pos)  # [N, 3]
-            term = f.square().sum(-1).mean()
-            loss = loss + self.force_weight * term / self.scale**2
-            stats[0] = term.detach()
+            loss = loss + self.force_weight * measured(f).mean() / self.scale**2
+            stats[0] = f.detach().square().sum(-1).mean()
         if self.prior_weight:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
             delta = (torch.randn(pos.shape, generator=g, dtype=pos.dtype) * self.noise).to(pos.device)
             displaced = (pos.detach() + delta).requires_grad_(True)
             f = forces(model(z, displaced, batch)[:, self.output], displaced)  # [N, 3]
-            ptr = torch.cat([batch.new_zeros(1), torch.bincount(batch).cumsum(0)])
-            target, known = prior_targets(z, pos, ptr, displaced)
+            target, known = prior_targets(typed, pos_np, spans, displaced.detach().double().cpu().numpy())
+            target, known = torch.from_numpy(target).to(pos), torch.from_numpy(known).to(pos.device)
             if bool(known.any()):
-                term = (f - target).square().sum(-1)[known].mean()
-                loss = loss + self.prior_weight * term / self.scale**2
-                stats[1] = term.detach()
+                loss = loss + self.prior_weight * measured(f - target)[known].mean() / self.scale**2
+                stats[1] = (f - target).detach().square().sum(-1)[known].mean()
         self.sums = stats if self.sums is None else self.sums + stats
         self.steps += 1
         return loss
 
     def take(self) -> dict[str, float]:
-        """RMS force at the DFT geometries and RMS force error against the prior (eV/A) since the last call."""
+        """RMS force at the DFT geometries and RMS force error against the prior (eV/A, plain: not preconditioned)
+        since the last call."""
         rms = [math.nan, math.nan] if self.sums is None else (self.sums / self.steps).sqrt().tolist()
         self.sums, self.steps = None, 0
         return dict(train_force_rms=rms[0] if self.force_weight else math.nan,

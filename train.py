@@ -133,6 +133,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                    "geometry (potential.py)")
     p.add_argument("--prior-noise", type=float, default=0.05, help="displacement of the curvature term, A per "
                    "coordinate (Gaussian)")
+    p.add_argument("--precondition", type=float, default=0.0, metavar="K", help="measure both force terms' "
+                   "residuals through MMFF94's normal modes at the DFT geometry: along modes softer than K eV/A^2 "
+                   "the residual is weighted by K / max(|curvature|, 0.1), the displacement it causes times K "
+                   "(potential.py; 0: off, plain squared forces)")
     p.add_argument("--clip-grad", type=float, default=10.0, help="clip the gradient norm to this value")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="auto: CUDA when present")
@@ -166,8 +170,11 @@ def check_args(args: argparse.Namespace) -> None:
         if args.data is not None or "U0" not in targets.parse(args.target):
             raise UserError("--force-weight and --prior-weight train QM9's U0 as a potential: use them with "
                             "--target U0 (or a list with U0) on QM9")
-        if min(args.force_weight, args.prior_weight) < 0 or not args.prior_noise > 0:
-            raise UserError("--force-weight and --prior-weight must be non-negative and --prior-noise positive")
+        if min(args.force_weight, args.prior_weight, args.precondition) < 0 or not args.prior_noise > 0:
+            raise UserError("--force-weight, --prior-weight and --precondition must be non-negative and "
+                            "--prior-noise positive")
+    elif args.precondition:
+        raise UserError("--precondition weights the force terms: give --force-weight or --prior-weight too")
     if args.freeze_representation and not args.init_from:
         raise UserError("--freeze-representation keeps the representation of --init-from: give --init-from too")
     try:
@@ -292,7 +299,7 @@ class Trainer:
         if args.force_weight or args.prior_weight:
             u0 = self.names.index("U0")
             self.potential = potential.PotentialLoss(u0, self.scales[u0], args.force_weight, args.prior_weight,
-                                                     args.prior_noise, args.seed)
+                                                     args.prior_noise, args.seed, args.precondition)
 
     @property
     def eval_model(self) -> SchNet:

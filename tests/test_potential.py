@@ -80,7 +80,8 @@ def test_zero_force_term_drives_the_forces_at_the_geometries_down(qm9) -> None:
 
 def test_force_flags_need_qm9_u0(tmp_path: Path) -> None:
     for flags in (["--target", "gap", "--force-weight", "1"], ["--target", "U0", "--prior-weight", "-1"],
-                  ["--target", "U0", "--prior-weight", "1", "--prior-noise", "0"]):
+                  ["--target", "U0", "--prior-weight", "1", "--prior-noise", "0"], ["--target", "U0", "--precondition",
+                  "1"], ["--target", "U0", "--force-weight", "1", "--precondition", "-1"]):
         proc = subprocess.run([sys.executable, "train_lite.py", *flags, "--output-dir", str(tmp_path),
                                "--checkpoint-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
         lines = proc.stderr.strip().splitlines()
@@ -102,24 +103,54 @@ def test_a_lite_u0_run_with_the_force_terms_writes_their_history(tmp_path: Path,
     assert (float(row["train_prior_rms"]) > 0) == (weights[1] == "1")
 
 
-def test_mode_check_resolves_mmff_into_internal_normal_modes(qm9) -> None:
-    """docs/potential/mode_check.py's basis: 3n - 6 orthonormal internal modes, free of rigid motions, along
-    which MMFF94's restoring force is its curvature times the displacement (F(x + e v) - F(x) = -e lambda v)."""
-    sys.path.insert(0, str(REPO / "docs" / "potential"))
-    import mode_check
-
+def test_mmff_modes_are_internal_normal_modes_of_mmff94(qm9) -> None:
+    """3n - 6 orthonormal modes free of rigid motions, along which MMFF94's restoring force (from a new force field
+    each time: no reuse of RDKit's state) is the curvature times the displacement, F(x + e v) - F(x) = -e lambda v."""
     d = qm9[321]
     z, pos = d.z.numpy(), d.pos.double().numpy()
-    lam, V = mode_check.mmff_modes(z, pos)
+    typed = potential.mmff_typed(z, pos)
+    lam, V = potential.mmff_modes(typed, pos)
     n = len(z)
-    assert V.shape == (3 * n, 3 * n - 6)
+    assert V.shape == (3 * n, 3 * n - 6) and np.all(np.diff(lam) >= 0)
     np.testing.assert_allclose(V.T @ V, np.eye(3 * n - 6), atol=1e-10)
     c = pos - pos.mean(0)
     rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]
     np.testing.assert_allclose(np.array(rigid) @ V, 0.0, atol=1e-9)
-    typed = potential.mmff_typed(z, pos)
     eps = 1e-4
     for k in (0, len(lam) // 2, len(lam) - 1):  # the softest, a middle and the stiffest mode
         change = potential.mmff_forces(typed, pos + eps * V[:, k].reshape(-1, 3)) - potential.mmff_forces(typed, pos)
         np.testing.assert_allclose(change.ravel(), -eps * lam[k] * V[:, k], atol=2e-3 * eps * abs(lam).max())
     assert lam.max() > 10  # the C-H and C-C stretches: tens of eV/A^2
+
+
+def test_preconditioner_weights_only_the_soft_modes_by_their_inverse_curvature(qm9) -> None:
+    d = qm9[321]
+    pos = d.pos.double().numpy()
+    lam, V = potential.mmff_modes(potential.mmff_typed(d.z.numpy(), pos), pos)
+    M = potential.preconditioner(lam, V, 1.0)
+    np.testing.assert_allclose(M, M.T, atol=1e-12)
+    w = np.maximum(1.0, 1.0 / np.maximum(np.abs(lam), potential.SOFTEST))
+    np.testing.assert_allclose(M @ V, V * w, atol=1e-10)  # each mode scaled by its weight
+    assert 1 < w.max() <= 1 / potential.SOFTEST and (w == 1).sum() > len(w) // 2  # the stiff majority untouched
+    shift = np.tile([1.0, 0.0, 0.0], len(pos))
+    np.testing.assert_allclose(M @ shift, shift, atol=1e-10)  # rigid motions: not modes, not weighted
+    np.testing.assert_allclose(potential.preconditioner(lam, V, 1e-9), np.eye(len(M)), atol=1e-12)
+
+
+def test_preconditioned_zero_force_term_is_the_squared_force_through_each_molecules_m(qm9) -> None:
+    torch.manual_seed(0)
+    model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
+                   mean=-4.0, std=0.2, atomref=torch.zeros(100, 1)).double()
+    b = qm9_data.Batcher(qm9)(torch.tensor([321, 7]))
+    pos = b.pos.double().requires_grad_(True)
+    energy = model(b.z, pos, b.batch)[:, 0]
+    f = potential.forces(energy, pos).detach().numpy()  # the graph kept for the two losses below
+    expected = []
+    for a, e in potential.molecule_spans(b.batch):
+        x = pos.detach().numpy()[a:e]
+        M = potential.preconditioner(*potential.mmff_modes(potential.mmff_typed(b.z[a:e].numpy(), x), x), 1.0)
+        expected.append((M @ f[a:e].ravel()) ** 2)
+    value = potential.PotentialLoss(0, 2.0, 1.0, 0.0, 0.05, 0, stiffness=1.0)(model, b.z, pos, b.batch, energy, 0)
+    assert float(value) == pytest.approx(np.concatenate(expected).sum() / len(f) / 4.0, rel=1e-9)
+    plain = potential.PotentialLoss(0, 2.0, 1.0, 0.0, 0.05, 0)(model, b.z, pos, b.batch, energy, 0)
+    assert float(plain) == pytest.approx((f ** 2).sum() / len(f) / 4.0, rel=1e-9) and float(value) > float(plain)

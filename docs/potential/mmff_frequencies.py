@@ -4,8 +4,9 @@ frequencies (qm9pack's Harmonic_Freq_cmi column).
 
     OMP_NUM_THREADS=1 python docs/potential/mmff_frequencies.py --molecules 20
 
-Bonds come from the DFT geometry (RDKit's rdDetermineBonds), MMFF94 types from them. The Hessian is the central
-second difference of MMFF's energy (h = 1e-3 A), mass-weighted (ASE's masses); its eigenvalues lambda give
+Bonds come from the DFT geometry (RDKit's rdDetermineBonds), MMFF94 types from them (as the training prior). The
+Hessian is potential.mmff_hessian (central differences of MMFF's gradient, h = 1e-3 A), mass-weighted (ASE's
+masses); its eigenvalues lambda give
 wavenumbers 521.47 sqrt(lambda) cm^-1 for lambda in eV/(A^2 u), negative for negative lambda. The 3N - 6 (or 5)
 highest are compared, sorted, with DFT's. A DFT geometry is not MMFF's minimum, so a few soft modes can come out
 negative; the count of modes below -50 cm^-1 is reported.
@@ -23,35 +24,7 @@ import torch  # noqa: E402
 import potential  # noqa: E402
 import qm9_data  # noqa: E402
 
-KCAL_TO_EV = 0.0433641  # eV per kcal/mol
 WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
-
-
-def mmff_hessian(z: np.ndarray, pos: np.ndarray, h: float = 1e-3) -> tuple[np.ndarray, np.ndarray] | None:
-    """MMFF94's Hessian [3N, 3N] (eV/A^2) and gradient [3N] (eV/A) at pos, or None when RDKit cannot type it."""
-    from rdkit.Chem import AllChem
-
-    typed = potential.mmff_typed(z, pos)  # bonds from the geometry, MMFF94 types (as the training prior)
-    if typed is None:
-        return None
-    mol, props = typed
-    ff = AllChem.MMFFGetMoleculeForceField(mol, props)
-    ff.Initialize()
-    x = np.array(ff.Positions())
-    n = len(x)
-    eye = np.eye(n)
-
-    def energy(y: np.ndarray) -> float:
-        return ff.CalcEnergy(y.tolist())
-
-    hess = np.zeros((n, n))
-    for a in range(n):
-        for b in range(a, n):
-            da, db = h * eye[a], h * eye[b]
-            hess[a, b] = hess[b, a] = (energy(x + da + db) - energy(x + da - db) - energy(x - da + db)
-                                       + energy(x - da - db)) / (4 * h * h)
-    grad = np.array([(energy(x + 1e-5 * eye[k]) - energy(x - 1e-5 * eye[k])) / 2e-5 for k in range(n)])
-    return hess * KCAL_TO_EV, grad * KCAL_TO_EV
 
 
 def main() -> None:
@@ -74,11 +47,11 @@ def main() -> None:
     for i in chosen.tolist():
         d = qm9[i]
         z, pos = d.z.numpy(), d.pos.double().numpy()
-        out = mmff_hessian(z, pos)
-        if out is None:
+        typed = potential.mmff_typed(z, pos)
+        if typed is None:
             untyped += 1
             continue
-        hess, grad = out
+        hess, grad = potential.mmff_hessian(typed, pos), potential.mmff_forces(typed, pos)
         mass = np.repeat(atomic_masses[z], 3)
         lam = np.linalg.eigvalsh(hess / np.sqrt(np.outer(mass, mass)))
         nu = np.sort(np.sign(lam) * np.sqrt(np.abs(lam)) * WAVENUMBER)

@@ -6,9 +6,9 @@ model's residual force there, resolved into MMFF94's normal modes at the DFT geo
 
 MMFF94's Hessian H (central differences of its forces, h = 1e-3 A) is taken on the 3n - 6 internal coordinates,
 the complement Q [3n, 3n - 6] of the rigid translations and rotations: Q^T H Q = U diag(lambda) U^T, modes
-v_k = Q u_k with curvatures lambda_k (eV/A^2; MMFF's curvature is within a median 4 % of DFT's at these geometries,
-POTENTIAL.md). With d [3n] the aligned displacement to the model's minimum and F [3n] the model's force at the
-DFT geometry, per band B of modes:
+v_k = Q u_k with curvatures lambda_k (eV/A^2; potential.mmff_modes; MMFF's curvature is within a median 4 % of
+DFT's at these geometries, POTENTIAL.md). With d [3n] the aligned displacement to the model's minimum and F [3n]
+the model's force at the DFT geometry, per band B of modes:
 
 .. math::
     \\mathrm{share}_B = \\frac{\\sum_{k \\in B} (v_k \\cdot d)^2}{\\sum_k (v_k \\cdot d)^2}, \\qquad
@@ -42,38 +42,6 @@ NAMES = ("< 0.1 (torsions, rotors)", "0.1 - 1 (bends, soft torsions)", "1 - 10 (
 RELAX_GOAL = 0.05  # A, potential_check.GOALS["relax_rmsd"]
 
 
-def internal_basis(pos: np.ndarray) -> np.ndarray:
-    """An orthonormal basis Q [3n, 3n - 6] of the displacements of positions pos [n, 3] that are not rigid
-    translations or rotations (for a linear molecule one rotation is degenerate: 3n - 5 columns)."""
-    c = pos - pos.mean(0)
-    rigid = [np.tile(np.eye(3)[a], len(pos)) for a in range(3)]  # translations
-    rigid += [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]  # infinitesimal rotations about the centroid
-    u, s, _ = np.linalg.svd(np.array(rigid).T, full_matrices=True)
-    rank = int((s > 1e-6 * s[0]).sum())
-    return u[:, rank:]
-
-
-def mmff_modes(z: np.ndarray, pos: np.ndarray, h: float = 1e-3) -> tuple[np.ndarray, np.ndarray] | None:
-    """MMFF94's internal normal modes at pos [n, 3]: (curvatures [m] eV/A^2, modes [3n, m] orthonormal), or None
-    when MMFF cannot type the molecule."""
-    typed = potential.mmff_typed(z, pos)
-    if typed is None:
-        return None
-    x = pos.ravel()
-    rows = []
-    for k in range(x.size):
-        f = []
-        for sign in (1, -1):
-            y = x.copy()
-            y[k] += sign * h
-            f.append(potential.mmff_forces(typed, y.reshape(-1, 3)).ravel())
-        rows.append(-(f[0] - f[1]) / (2 * h))
-    H = np.array(rows)
-    Q = internal_basis(pos)
-    lam, U = np.linalg.eigh(Q.T @ (0.5 * (H + H.T)) @ Q)
-    return lam, Q @ U
-
-
 def aligned_displacement(reference: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """pos [n, 3] moved onto reference by the best rotation and translation, minus reference: [3n] (A)."""
     ref, moved = Atoms(positions=reference), Atoms(positions=pos)
@@ -82,10 +50,10 @@ def aligned_displacement(reference: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 
 def check_molecule(z: np.ndarray, dft: np.ndarray, calc) -> dict | None:
-    modes = mmff_modes(z, dft)
-    if modes is None:
+    typed = potential.mmff_typed(z, dft)
+    if typed is None:
         return None
-    lam, V = modes
+    lam, V = potential.mmff_modes(typed, dft)
     atoms = Atoms(numbers=z, positions=dft, calculator=calc)
     force = atoms.get_forces().ravel()
     curvature = np.einsum("ik,ij,jk->k", V, hessian(atoms), V)  # v_k^T H_model v_k

@@ -1,7 +1,9 @@
 """What each term of the potential's loss costs: train.py's own training step (train.train_step with
 potential.PotentialLoss) on the default model, batch 32 QM9 molecules, energy loss alone, with the zero-force term,
-with the MMFF94 prior term, and with both; and the MMFF94 part of the prior alone (bond perception, typing and two
-force evaluations per molecule, potential.prior_targets). 3 alternating rounds of 10 steps, the best round kept:
+with the MMFF94 prior term, with both, and with both preconditioned (--precondition 1); and the MMFF94 parts alone:
+the prior's (bond perception, typing and two force evaluations per molecule, potential.prior_targets) and the
+preconditioner's (typing and a finite-difference Hessian per molecule, potential.preconditioners). 3 alternating
+rounds of 10 steps, the best round kept:
 
     OMP_NUM_THREADS=1 python docs/potential/potential_step_bench.py
 """
@@ -26,33 +28,39 @@ model = SchNet(**FULL_CONFIG)
 opt = FlatAdam(model, lr=1e-5)
 batches = [bat(torch.randint(0, len(q), (32,))) for _ in range(10)]
 column, scale, one = torch.tensor([7]), torch.tensor([10.3]), torch.ones(1)
-arms = {"energy": (0.0, 0.0), "energy + zero force": (1.0, 0.0), "energy + prior": (0.0, 1.0),
-        "energy + zero force + prior": (1.0, 1.0)}
+arms = {"energy": (0.0, 0.0, 0.0), "energy + zero force": (1.0, 0.0, 0.0), "energy + prior": (0.0, 1.0, 0.0),
+        "energy + zero force + prior": (1.0, 1.0, 0.0), "the same, preconditioned": (1.0, 1.0, 1.0)}
 
 
-def timed(force_weight: float, prior_weight: float) -> float:
+def timed(force_weight: float, prior_weight: float, stiffness: float) -> float:
     terms = None if not (force_weight or prior_weight) else potential.PotentialLoss(
-        0, 10.3, force_weight, prior_weight, 0.05, seed=0)
+        0, 10.3, force_weight, prior_weight, 0.05, seed=0, stiffness=stiffness)
     t = time.perf_counter()
     for s, b in enumerate(batches):
         train.train_step(model, opt, b, column, scale, one, terms=terms, step=s)
     return (time.perf_counter() - t) / len(batches) * 1000
 
 
-def mmff_only() -> float:
+def mmff_only(preconditioners: bool) -> float:
     t = time.perf_counter()
     for b in batches:
-        ptr = torch.cat([b.batch.new_zeros(1), torch.bincount(b.batch).cumsum(0)])
-        potential.prior_targets(b.z, b.pos, ptr, b.pos + 0.05 * torch.randn_like(b.pos))
+        z, pos, spans = b.z.numpy(), b.pos.double().numpy(), potential.molecule_spans(b.batch)
+        typed = [potential.mmff_typed(z[a:e], pos[a:e]) for a, e in spans]
+        if preconditioners:
+            potential.preconditioners(typed, pos, spans, 1.0)
+        else:
+            potential.prior_targets(typed, pos, spans, pos + 0.05 * torch.randn(pos.shape, dtype=torch.float64).numpy())
     return (time.perf_counter() - t) / len(batches) * 1000
 
 
-timed(1.0, 1.0)  # warm-up
-res = {k: [] for k in [*arms, "MMFF94 targets alone"]}
+timed(1.0, 1.0, 1.0)  # warm-up
+alone = {"MMFF94 prior targets alone": False, "MMFF94 preconditioners alone": True}
+res = {k: [] for k in [*arms, *alone]}
 for _ in range(3):
-    for name, (wf, wp) in arms.items():
-        res[name].append(timed(wf, wp))
-    res["MMFF94 targets alone"].append(mmff_only())
+    for name, weights in arms.items():
+        res[name].append(timed(*weights))
+    for name, which in alone.items():
+        res[name].append(mmff_only(which))
 base = min(res["energy"])
 for k, v in res.items():
     print(f"{k:30s} {min(v):7.1f} ms/step  {min(v) / base:5.2f}x energy  (rounds {', '.join(f'{x:.0f}' for x in v)})")
