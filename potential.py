@@ -34,6 +34,9 @@ measured through
 
 with (lambda_k, v_k) MMFF94's internal normal modes at the DFT geometry and lambda_0 = 0.1 eV/A^2: modes stiffer
 than k keep the plain term; along softer ones the residual counts as the displacement it causes, times k.
+Isotropic noise probes the soft modes little (their restoring forces, lambda delta, are small beside the
+stretches'); with an energy E > 0 (`train.py --prior-thermal E`) the prior's displacements are drawn along MMFF's
+modes instead, each holding a mean harmonic energy E/2 (`thermal_displacement`).
 """
 from __future__ import annotations
 
@@ -162,15 +165,25 @@ def prior_targets(typed: list, pos: np.ndarray, spans: list[tuple[int, int]], di
     return target, known
 
 
-def preconditioners(typed: list, pos: np.ndarray, spans: list[tuple[int, int]], stiffness: float) -> np.ndarray:
-    """Each molecule's `preconditioner` at its DFT geometry (the identity for those MMFF cannot type), zero-padded to
-    [B, 3m, 3m] for the batch's largest molecule of m atoms."""
+def preconditioners(modes: list, spans: list[tuple[int, int]], stiffness: float) -> np.ndarray:
+    """Each molecule's `preconditioner` from its `mmff_modes` (the identity for None: MMFF cannot type it),
+    zero-padded to [B, 3m, 3m] for the batch's largest molecule of m atoms."""
     m = max(b - a for a, b in spans)
     out = np.zeros((len(spans), 3 * m, 3 * m))
-    for j, (t, (a, b)) in enumerate(zip(typed, spans)):
-        out[j, :3 * (b - a), :3 * (b - a)] = (np.eye(3 * (b - a)) if t is None
-                                              else preconditioner(*mmff_modes(t, pos[a:b]), stiffness))
+    for j, (mode, (a, b)) in enumerate(zip(modes, spans)):
+        out[j, :3 * (b - a), :3 * (b - a)] = np.eye(3 * (b - a)) if mode is None else preconditioner(*mode, stiffness)
     return out
+
+
+def thermal_displacement(lam: np.ndarray, modes: np.ndarray, energy: float, xi: np.ndarray) -> np.ndarray:
+    """A displacement [n, 3] along MMFF94's modes (lambda [m], V [3n, m]) from standard normals xi [m]:
+
+    .. math::
+        \\delta = \\sum_k \\xi_k \\sqrt{E / \\max(|\\lambda_k|, \\lambda_0)}\\; v_k
+
+    so that each mode holds a mean harmonic energy E/2, as at a temperature E / k_B (E = 0.025 eV: 290 K): torsions
+    move tenths of an Angstrom, stretches hundredths, and every mode's restoring force carries signal."""
+    return (modes @ (xi * np.sqrt(energy / np.maximum(np.abs(lam), SOFTEST)))).reshape(-1, 3)
 
 
 def apply_blocks(blocks: Tensor, r: Tensor, batch: Tensor) -> Tensor:
@@ -188,9 +201,10 @@ class PotentialLoss:
     seeded by (seed, t), so a resumed run draws the same ones."""
 
     def __init__(self, output: int, scale: float, force_weight: float, prior_weight: float, noise: float,
-                 seed: int, stiffness: float = 0.0) -> None:
+                 seed: int, stiffness: float = 0.0, thermal: float = 0.0) -> None:
         self.output, self.scale, self.noise, self.seed = output, scale, noise, seed
         self.force_weight, self.prior_weight, self.stiffness = force_weight, prior_weight, stiffness
+        self.thermal = thermal  # > 0: the prior's displacements along MMFF's modes (thermal_displacement), not noise
         self.sums: Tensor | None = None  # [2] summed over steps: mean |F|^2 at minima, mean |F - F*|^2 displaced
         self.steps = 0
 
@@ -200,12 +214,14 @@ class PotentialLoss:
         loss = energy.new_zeros(())
         stats = energy.new_zeros(2).double()  # on the device: no host synchronisation for the statistics
         spans = molecule_spans(batch)
-        typed, blocks = [], None
+        typed, modes, blocks = [], [], None
         if self.prior_weight or self.stiffness:
             z_np, pos_np = z.cpu().numpy(), pos.detach().double().cpu().numpy()
             typed = [mmff_typed(z_np[a:b], pos_np[a:b]) for a, b in spans]
+        if self.stiffness or self.thermal:
+            modes = [None if t is None else mmff_modes(t, pos_np[a:b]) for t, (a, b) in zip(typed, spans)]
         if self.stiffness:
-            blocks = torch.from_numpy(preconditioners(typed, pos_np, spans, self.stiffness)).to(pos)
+            blocks = torch.from_numpy(preconditioners(modes, spans, self.stiffness)).to(pos)
 
         def measured(r: Tensor) -> Tensor:  # [N] squared residual per atom, through M when preconditioned
             return (r if blocks is None else apply_blocks(blocks, r, batch)).square().sum(-1)
@@ -216,7 +232,14 @@ class PotentialLoss:
             stats[0] = f.detach().square().sum(-1).mean()
         if self.prior_weight:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            delta = (torch.randn(pos.shape, generator=g, dtype=pos.dtype) * self.noise).to(pos.device)
+            xi = torch.randn(pos.shape, generator=g, dtype=pos.dtype)  # [N, 3]
+            if self.thermal:  # each molecule's first 3n - 6 normals drive its modes (no move if MMFF cannot type it)
+                delta = torch.from_numpy(np.concatenate([
+                    np.zeros((b - a, 3)) if mode is None else thermal_displacement(
+                        *mode, self.thermal, xi[a:b].double().flatten()[:len(mode[0])].numpy())
+                    for mode, (a, b) in zip(modes, spans)])).to(pos.device, pos.dtype)
+            else:
+                delta = (xi * self.noise).to(pos.device)
             displaced = (pos.detach() + delta).requires_grad_(True)
             f = forces(model(z, displaced, batch)[:, self.output], displaced)  # [N, 3]
             target, known = prior_targets(typed, pos_np, spans, displaced.detach().double().cpu().numpy())

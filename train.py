@@ -133,6 +133,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                    "geometry (potential.py)")
     p.add_argument("--prior-noise", type=float, default=0.05, help="displacement of the curvature term, A per "
                    "coordinate (Gaussian)")
+    p.add_argument("--prior-thermal", type=float, default=0.0, metavar="E", help="draw the curvature term's "
+                   "displacements along MMFF94's normal modes at the DFT geometry, each with a mean harmonic energy "
+                   "E/2 eV (E = k_B T; 0.025: 290 K), so that the soft modes move most, instead of --prior-noise on "
+                   "every coordinate (potential.py; 0: off)")
     p.add_argument("--precondition", type=float, default=0.0, metavar="K", help="measure both force terms' "
                    "residuals through MMFF94's normal modes at the DFT geometry: along modes softer than K eV/A^2 "
                    "the residual is weighted by K / max(|curvature|, 0.1), the displacement it causes times K "
@@ -170,11 +174,14 @@ def check_args(args: argparse.Namespace) -> None:
         if args.data is not None or "U0" not in targets.parse(args.target):
             raise UserError("--force-weight and --prior-weight train QM9's U0 as a potential: use them with "
                             "--target U0 (or a list with U0) on QM9")
-        if min(args.force_weight, args.prior_weight, args.precondition) < 0 or not args.prior_noise > 0:
-            raise UserError("--force-weight, --prior-weight and --precondition must be non-negative and "
-                            "--prior-noise positive")
+        if min(args.force_weight, args.prior_weight, args.precondition, args.prior_thermal) < 0 \
+                or not args.prior_noise > 0:
+            raise UserError("--force-weight, --prior-weight, --precondition and --prior-thermal must be "
+                            "non-negative and --prior-noise positive")
     elif args.precondition:
         raise UserError("--precondition weights the force terms: give --force-weight or --prior-weight too")
+    if args.prior_thermal and not args.prior_weight:
+        raise UserError("--prior-thermal draws the curvature term's displacements: give --prior-weight too")
     if args.freeze_representation and not args.init_from:
         raise UserError("--freeze-representation keeps the representation of --init-from: give --init-from too")
     try:
@@ -299,7 +306,8 @@ class Trainer:
         if args.force_weight or args.prior_weight:
             u0 = self.names.index("U0")
             self.potential = potential.PotentialLoss(u0, self.scales[u0], args.force_weight, args.prior_weight,
-                                                     args.prior_noise, args.seed, args.precondition)
+                                                     args.prior_noise, args.seed, args.precondition,
+                                                     args.prior_thermal)
 
     @property
     def eval_model(self) -> SchNet:

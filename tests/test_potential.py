@@ -81,7 +81,8 @@ def test_zero_force_term_drives_the_forces_at_the_geometries_down(qm9) -> None:
 def test_force_flags_need_qm9_u0(tmp_path: Path) -> None:
     for flags in (["--target", "gap", "--force-weight", "1"], ["--target", "U0", "--prior-weight", "-1"],
                   ["--target", "U0", "--prior-weight", "1", "--prior-noise", "0"], ["--target", "U0", "--precondition",
-                  "1"], ["--target", "U0", "--force-weight", "1", "--precondition", "-1"]):
+                  "1"], ["--target", "U0", "--force-weight", "1", "--precondition", "-1"],
+                  ["--target", "U0", "--force-weight", "1", "--prior-thermal", "0.025"]):
         proc = subprocess.run([sys.executable, "train_lite.py", *flags, "--output-dir", str(tmp_path),
                                "--checkpoint-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
         lines = proc.stderr.strip().splitlines()
@@ -154,3 +155,32 @@ def test_preconditioned_zero_force_term_is_the_squared_force_through_each_molecu
     assert float(value) == pytest.approx(np.concatenate(expected).sum() / len(f) / 4.0, rel=1e-9)
     plain = potential.PotentialLoss(0, 2.0, 1.0, 0.0, 0.05, 0)(model, b.z, pos, b.batch, energy, 0)
     assert float(plain) == pytest.approx((f ** 2).sum() / len(f) / 4.0, rel=1e-9) and float(value) > float(plain)
+
+
+def test_thermal_displacements_hold_e_over_2_in_every_mode_and_reach_the_prior(qm9) -> None:
+    """Each mode's coordinate has variance E / max(|lambda|, 0.1): mean harmonic energy E/2 per mode, the soft
+    modes moving most; no rigid motion; and the prior term trains on them (finite, positive, the same each call)."""
+    d = qm9[321]
+    z, pos = d.z.numpy(), d.pos.double().numpy()
+    lam, V = potential.mmff_modes(potential.mmff_typed(z, pos), pos)
+    xi = np.random.default_rng(0).normal(size=(4000, len(lam)))
+    q = np.array([V.T @ potential.thermal_displacement(lam, V, 0.025, x).ravel() for x in xi])  # [draws, m]
+    expected = 0.025 / np.maximum(np.abs(lam), potential.SOFTEST)
+    np.testing.assert_allclose(q.var(0), expected, rtol=0.12)
+    stiff = lam > potential.SOFTEST
+    assert 0.5 * (lam[stiff] * q[:, stiff] ** 2).mean() == pytest.approx(0.0125, rel=0.05)
+    c = pos - pos.mean(0)
+    rigid = [np.tile(np.eye(3)[a], len(z)) for a in range(3)] + [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]
+    np.testing.assert_allclose(np.array(rigid) @ potential.thermal_displacement(lam, V, 0.025, xi[0]).ravel(), 0.0,
+                               atol=1e-9)
+    torch.manual_seed(0)
+    model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
+                   mean=-4.0, std=0.2, atomref=torch.zeros(100, 1))
+    b = qm9_data.Batcher(qm9)(torch.tensor([321, 7]))
+    terms = potential.PotentialLoss(0, 1.0, 0.0, 1.0, 0.05, 0, stiffness=1.0, thermal=0.025)
+    values = []
+    for _ in range(2):
+        pos_t = b.pos.detach().requires_grad_(True)
+        values.append(float(terms(model, b.z, pos_t, b.batch, model(b.z, pos_t, b.batch)[:, 0], step=3)))
+    assert np.isfinite(values[0]) and values[0] > 0 and values[0] == values[1]
+    assert terms.take()["train_prior_rms"] > 0
