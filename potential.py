@@ -29,7 +29,8 @@ soft ones (docs/potential/mode_check.py). With a stiffness k > 0 (`train.py --pr
 measured through
 
 .. math::
-    M = I + \\sum_k (w_k - 1)\\, v_k v_k^T, \\qquad w_k = \\max\\left(1, \\frac{k}{\\max(|\\lambda_k|, \\lambda_0)}\\right),
+    M = I + \\sum_k (w_k - 1)\\, v_k v_k^T, \\qquad
+    w_k = \\max\\left(1, \\frac{k}{\\max(|\\lambda_k|, \\lambda_0)}\\right),
     \\qquad \\mathcal{L} = \\frac{1}{N} \\sum_i \\frac{|(M r)_i|^2}{s^2}
 
 with (lambda_k, v_k) MMFF94's internal normal modes at the DFT geometry and lambda_0 = 0.1 eV/A^2: modes stiffer
@@ -231,16 +232,7 @@ class PotentialLoss:
             loss = loss + self.force_weight * measured(f).mean() / self.scale**2
             stats[0] = f.detach().square().sum(-1).mean()
         if self.prior_weight:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            xi = torch.randn(pos.shape, generator=g, dtype=pos.dtype)  # [N, 3]
-            if self.thermal:  # each molecule's first 3n - 6 normals drive its modes (no move if MMFF cannot type it)
-                delta = torch.from_numpy(np.concatenate([
-                    np.zeros((b - a, 3)) if mode is None else thermal_displacement(
-                        *mode, self.thermal, xi[a:b].double().flatten()[:len(mode[0])].numpy())
-                    for mode, (a, b) in zip(modes, spans)])).to(pos.device, pos.dtype)
-            else:
-                delta = (xi * self.noise).to(pos.device)
-            displaced = (pos.detach() + delta).requires_grad_(True)
+            displaced = (pos.detach() + self.displacement(pos, modes, spans, step)).requires_grad_(True)
             f = forces(model(z, displaced, batch)[:, self.output], displaced)  # [N, 3]
             target, known = prior_targets(typed, pos_np, spans, displaced.detach().double().cpu().numpy())
             target, known = torch.from_numpy(target).to(pos), torch.from_numpy(known).to(pos.device)
@@ -250,6 +242,19 @@ class PotentialLoss:
         self.sums = stats if self.sums is None else self.sums + stats
         self.steps += 1
         return loss
+
+    def displacement(self, pos: Tensor, modes: list, spans: list[tuple[int, int]], step: int) -> Tensor:
+        """The prior's displacement [N, 3] at step `step`: Gaussian noise of `noise` A per coordinate, or with
+        `thermal`, each molecule's first 3n - 6 of the same normals driving its modes (`thermal_displacement`; no
+        move for a molecule MMFF cannot type, whose atoms get no target)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        xi = torch.randn(pos.shape, generator=g, dtype=pos.dtype)  # [N, 3]
+        if not self.thermal:
+            return (xi * self.noise).to(pos.device)
+        parts = [np.zeros((b - a, 3)) if mode is None else
+                 thermal_displacement(*mode, self.thermal, xi[a:b].double().flatten()[:len(mode[0])].numpy())
+                 for mode, (a, b) in zip(modes, spans)]
+        return torch.from_numpy(np.concatenate(parts)).to(pos.device, pos.dtype)
 
     def take(self) -> dict[str, float]:
         """RMS force at the DFT geometries and RMS force error against the prior (eV/A, plain: not preconditioned)
