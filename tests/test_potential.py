@@ -104,6 +104,13 @@ def test_a_lite_u0_run_with_the_force_terms_writes_their_history(tmp_path: Path,
     assert (float(row["train_prior_rms"]) > 0) == (weights[1] == "1")
 
 
+def rigid_motions(pos: np.ndarray) -> np.ndarray:
+    """The 3 translations and 3 infinitesimal rotations of positions pos [n, 3], as rows [6, 3n]."""
+    c = pos - pos.mean(0)
+    return np.array([np.tile(np.eye(3)[a], len(pos)) for a in range(3)]
+                    + [np.cross(np.eye(3)[a], c).ravel() for a in range(3)])
+
+
 def test_mmff_modes_are_internal_normal_modes_of_mmff94(qm9) -> None:
     """3n - 6 orthonormal modes free of rigid motions, along which MMFF94's restoring force (from a new force field
     each time: no reuse of RDKit's state) is the curvature times the displacement, F(x + e v) - F(x) = -e lambda v."""
@@ -114,9 +121,7 @@ def test_mmff_modes_are_internal_normal_modes_of_mmff94(qm9) -> None:
     n = len(z)
     assert V.shape == (3 * n, 3 * n - 6) and np.all(np.diff(lam) >= 0)
     np.testing.assert_allclose(V.T @ V, np.eye(3 * n - 6), atol=1e-10)
-    c = pos - pos.mean(0)
-    rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]
-    np.testing.assert_allclose(np.array(rigid) @ V, 0.0, atol=1e-9)
+    np.testing.assert_allclose(rigid_motions(pos) @ V, 0.0, atol=1e-9)
     eps = 1e-4
     for k in (0, len(lam) // 2, len(lam) - 1):  # the softest, a middle and the stiffest mode
         change = potential.mmff_forces(typed, pos + eps * V[:, k].reshape(-1, 3)) - potential.mmff_forces(typed, pos)
@@ -170,9 +175,7 @@ def test_thermal_displacements_hold_e_over_2_in_every_mode_and_reach_the_prior(q
     np.testing.assert_allclose(q.var(0), expected, rtol=0.12)
     stiff = lam > potential.SOFTEST
     assert 0.5 * (lam[stiff] * q[:, stiff] ** 2).mean() == pytest.approx(0.0125, rel=0.05)
-    c = pos - pos.mean(0)
-    rigid = [np.tile(np.eye(3)[a], len(z)) for a in range(3)] + [np.cross(np.eye(3)[a], c).ravel() for a in range(3)]
-    np.testing.assert_allclose(np.array(rigid) @ potential.thermal_displacement(lam, V, 0.025, xi[0]).ravel(), 0.0,
+    np.testing.assert_allclose(rigid_motions(pos) @ potential.thermal_displacement(lam, V, 0.025, xi[0]).ravel(), 0.0,
                                atol=1e-9)
     torch.manual_seed(0)
     model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
