@@ -152,6 +152,16 @@ def molecule_spans(batch: Tensor) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1], ends))
 
 
+def batch_typed(z: np.ndarray, pos: np.ndarray, spans: list[tuple[int, int]]) -> list:
+    """Each molecule's `mmff_typed` (or None) for a batch's elements z [N], positions pos [N, 3] and atom spans."""
+    return [mmff_typed(z[a:b], pos[a:b]) for a, b in spans]
+
+
+def batch_modes(typed: list, pos: np.ndarray, spans: list[tuple[int, int]]) -> list:
+    """Each molecule's `mmff_modes` at pos [N, 3] (None where MMFF could not type it)."""
+    return [None if t is None else mmff_modes(t, pos[a:b]) for t, (a, b) in zip(typed, spans)]
+
+
 def prior_targets(typed: list, pos: np.ndarray, spans: list[tuple[int, int]], displaced: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """For a batch (each molecule's `mmff_typed` or None, DFT positions pos [N, 3], the molecules' atom spans,
@@ -218,9 +228,9 @@ class PotentialLoss:
         typed, modes, blocks = [], [], None
         if self.prior_weight or self.stiffness:
             z_np, pos_np = z.cpu().numpy(), pos.detach().double().cpu().numpy()
-            typed = [mmff_typed(z_np[a:b], pos_np[a:b]) for a, b in spans]
+            typed = batch_typed(z_np, pos_np, spans)
         if self.stiffness or self.thermal:
-            modes = [None if t is None else mmff_modes(t, pos_np[a:b]) for t, (a, b) in zip(typed, spans)]
+            modes = batch_modes(typed, pos_np, spans)
         if self.stiffness:
             blocks = torch.from_numpy(preconditioners(modes, spans, self.stiffness)).to(pos)
 

@@ -45,10 +45,9 @@ def mmff_only(preconditioners: bool) -> float:
     t = time.perf_counter()
     for b in batches:
         z, pos, spans = b.z.numpy(), b.pos.double().numpy(), potential.molecule_spans(b.batch)
-        typed = [potential.mmff_typed(z[a:e], pos[a:e]) for a, e in spans]
+        typed = potential.batch_typed(z, pos, spans)
         if preconditioners:
-            potential.preconditioners([None if t is None else potential.mmff_modes(t, pos[a:e])
-                                       for t, (a, e) in zip(typed, spans)], spans, 1.0)
+            potential.preconditioners(potential.batch_modes(typed, pos, spans), spans, 1.0)
         else:
             potential.prior_targets(typed, pos, spans, pos + 0.05 * torch.randn(pos.shape, dtype=torch.float64).numpy())
     return (time.perf_counter() - t) / len(batches) * 1000
