@@ -188,3 +188,38 @@ def test_thermal_displacements_hold_e_over_2_in_every_mode_and_reach_the_prior(q
         values.append(float(terms(model, b.z, pos_t, b.batch, model(b.z, pos_t, b.batch)[:, 0], step=3).detach()))
     assert np.isfinite(values[0]) and values[0] > 0 and values[0] == values[1]
     assert terms.take()["train_prior_rms"] > 0
+
+
+def test_harmonic_calibration_surfaces_have_their_minimum_where_their_residual_forces_put_it(qm9) -> None:
+    """docs/potential/harmonic_check.py's surfaces: forces are minus the gradient of the energy, and BFGS (tight)
+    from a noisy start ends at x_0 + sum_k (f_k / c_k) v_k, the DFT geometry itself when f = 0."""
+    import importlib.util
+
+    import ase_calculator
+
+    spec = importlib.util.spec_from_file_location("harmonic_check", REPO / "docs/potential/harmonic_check.py")
+    harmonic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harmonic)
+    d = qm9[321]
+    z, pos = d.z.numpy(), d.pos.double().numpy()
+    lam, V = potential.mmff_modes(potential.mmff_typed(z, pos), pos)
+    c = np.maximum(np.abs(lam), potential.SOFTEST)
+    f = 0.01 * np.random.default_rng(0).choice([-1.0, 1.0], size=len(lam))
+    noisy = pos + np.random.default_rng(1).normal(scale=0.05, size=pos.shape)
+    from ase import Atoms
+
+    atoms = Atoms(numbers=z, positions=noisy)
+    atoms.calc = harmonic.Harmonic(pos, V, c, f)
+    forces, x, h = atoms.get_forces().ravel(), noisy.ravel(), 1e-5
+
+    def energy(y: np.ndarray) -> float:
+        atoms.set_positions(y.reshape(-1, 3))
+        return atoms.get_potential_energy()
+
+    numeric = np.array([-(energy(x + h * e) - energy(x - h * e)) / (2 * h) for e in np.eye(x.size)[:12]])
+    np.testing.assert_allclose(forces[:12], numeric, atol=1e-7)
+    for residual in (f, 0 * f):
+        minimum = pos + (V @ (residual / c)).reshape(-1, 3)
+        relaxed, _, converged = ase_calculator.relax(z, noisy, harmonic.Harmonic(pos, V, c, residual), fmax=1e-5)
+        assert converged and ase_calculator.aligned_rmsd(minimum, relaxed) < 1e-3  # fmax / SOFTEST: 1e-4 A
+    assert ase_calculator.aligned_rmsd(pos, pos + (V @ (f / c)).reshape(-1, 3)) > 0.01  # the residual moves it
