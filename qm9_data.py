@@ -346,10 +346,9 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
     global _backend_announced
     if batch is None:
         batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
-    if not _backend_announced:  # say once per process which implementation builds the graphs
+    if _torch_cluster is None and not _backend_announced:  # say once per process that the fallback builds them
         _backend_announced = True
-        warnings.warn("radius graphs: torch_cluster.radius_graph" if _torch_cluster is not None else
-                      "radius graphs: torch_cluster is not importable, using radius_pairs in both directions",
+        warnings.warn("radius graphs: torch_cluster is not importable, using radius_pairs in both directions",
                       stacklevel=2)
     if _torch_cluster is None or pos.is_cuda and not _cluster_has_cuda():
         pairs = cpu_kernels.radius_pairs(pos, r, batch)

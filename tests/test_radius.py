@@ -63,6 +63,22 @@ def test_kernel_pairs_refuse_an_unsorted_batch() -> None:
         cpu_kernels.radius_pairs(torch.zeros(3, 3), 1.0, torch.tensor([0, 1, 0]))
 
 
+def test_the_fallback_is_announced_once_and_torch_cluster_not_at_all(monkeypatch) -> None:
+    """A user of the calculator or predict sees a warning only when the graphs come from the fallback."""
+    import warnings
+
+    pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0]])
+    cases = [(None, 1)] + ([(qm9_data._torch_cluster, 0)] if qm9_data._torch_cluster is not None else [])
+    for backend, expected in cases:
+        monkeypatch.setattr(qm9_data, "_torch_cluster", backend)
+        monkeypatch.setattr(qm9_data, "_backend_announced", False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                assert edge_set(radius_graph(pos, 1.5)) == {(0, 1), (1, 0)}
+        assert sum("radius graphs" in str(w.message) for w in caught) == expected
+
+
 @pytest.mark.parametrize("r", [1.2, 5.0, 10.0])
 def test_torch_cluster_agrees(batches, r: float) -> None:
     pytest.importorskip("torch_cluster")
