@@ -70,14 +70,19 @@ def nve_drift(atoms, calc, fs: float = 100.0, dt_fs: float = 0.5, temperature: f
     return worst
 
 
+def noisy_start(dft: np.ndarray, i: int, noise: float, seed: int) -> np.ndarray:
+    """Molecule i's relaxation start: its DFT positions [n, 3] plus Gaussian noise of `noise` A per coordinate,
+    seeded by (seed, i) so that every surface checked starts from the same geometry."""
+    return dft + np.random.default_rng(seed * 1_000_003 + i).normal(scale=noise, size=dft.shape)
+
+
 def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> dict:
     d = qm9[i]
     z, dft = d.z.numpy(), d.pos.double().numpy()
     atoms = Atoms(numbers=z, positions=dft)
     atoms.calc = calc
     max_force = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
-    rng = np.random.default_rng(seed * 1_000_003 + i)
-    pos, steps, converged = ase_calculator.relax(z, dft + rng.normal(scale=noise, size=dft.shape), calc)
+    pos, steps, converged = ase_calculator.relax(z, noisy_start(dft, i, noise, seed), calc)
     return dict(index=i, atoms=len(z), max_force=max_force, relax_rmsd=ase_calculator.aligned_rmsd(dft, pos),
                 relax_min_distance=closest_pair(pos)[2], relax_steps=steps, relax_converged=converged,
                 md_drift_mev=1000 * nve_drift(atoms, calc, seed=seed + i))

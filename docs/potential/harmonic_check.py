@@ -102,7 +102,7 @@ def main() -> None:
     for i in tqdm(potential_check.sample(args.molecules, 0), desc="molecules", unit="mol"):
         d = qm9[i]
         z, dft = d.z.numpy(), d.pos.double().numpy()
-        noisy = dft + np.random.default_rng(i).normal(scale=0.05, size=dft.shape)  # potential_check's, seed 0
+        noisy = potential_check.noisy_start(dft, i, 0.05, 0)  # potential_check's defaults
         signs = np.random.default_rng(10_000_000 + i).choice([-1.0, 1.0], size=3 * len(z))
         r = check_molecule(z, dft, noisy, signs)
         if r is None:
