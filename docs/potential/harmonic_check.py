@@ -42,11 +42,18 @@ from mode_check import BANDS  # noqa: E402
 # at x_0 in eV/A; e: the 4-epoch potential (shipped until 2026-12-03), g: the 12-epoch one (shipped since)
 E_STIFFNESS, E_FORCE = (0.34, 0.38, 0.48, 0.53), (0.027, 0.041, 0.089, 0.142)
 G_STIFFNESS, G_FORCE = (0.07, 0.46, 0.41, 0.37), (0.012, 0.026, 0.058, 0.105)
+
+
+def profile(stiffness: tuple, force: tuple) -> tuple:
+    """A measured profile as three surfaces: as measured, without the two soft bands' residuals, without the two
+    stiff bands'."""
+    return (stiffness, force), (stiffness, (0.0, 0.0) + force[2:]), (stiffness, force[:2] + (0.0, 0.0))
+
+
 SURFACES = (  # (stiffness scale s, residual force f per mode in eV/A): one for all of BANDS, or one per band
     (1.0, 0.0), (0.4, 0.0), (1.0, 0.002), (1.0, 0.005), (1.0, 0.01), (1.0, 0.02), (1.0, 0.05),
     (0.4, 0.005), (0.4, 0.01), (0.4, 0.02), (0.4, 0.05),
-    (E_STIFFNESS, E_FORCE), (E_STIFFNESS, (0.0, 0.0) + E_FORCE[2:]), (E_STIFFNESS, E_FORCE[:2] + (0.0, 0.0)),
-    (G_STIFFNESS, G_FORCE), (G_STIFFNESS, (0.0, 0.0) + G_FORCE[2:]), (G_STIFFNESS, G_FORCE[:2] + (0.0, 0.0)))
+    *profile(E_STIFFNESS, E_FORCE), *profile(G_STIFFNESS, G_FORCE))
 
 
 def per_mode(value: float | tuple, lam: np.ndarray) -> np.ndarray:
