@@ -3,7 +3,7 @@
 #   1. build tools (setuptools, wheel, ninja) and torch, pinned;
 #   2. everything else in requirements.txt with --no-build-isolation, so that torch-cluster's C++ extension
 #      compiles against the torch installed in step 1 (it exists on PyPI only as source);
-#   3. this repo's fused CPU kernels (cpu_kernels.cpp), compiled once into build/cpu_kernels/.
+#   3. this repo's fused CPU kernels (schnetqm9/model/kernels.cpp), compiled once into build/cpu_kernels/.
 # Idempotent: when everything is installed, a second run only checks and takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,6 +46,6 @@ else
     $PY -c 'import torch, torch_geometric, torch_cluster; print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, torch_cluster {torch_cluster.__version__}, cuda available: {torch.cuda.is_available()}")'
 fi
 
-step "Fused CPU kernels (cpu_kernels.cpp)"
+step "Fused CPU kernels (schnetqm9/model/kernels.cpp)"
 # Without a C++ compiler the repo still runs, on the pure-PyTorch path, and says so here.
-$PY -c 'import cpu_kernels; print(f"    CPU training path: {cpu_kernels.backend()}")'
+$PY -c 'from schnetqm9.model import kernels; print(f"    CPU training path: {kernels.backend()}")'

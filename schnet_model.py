@@ -25,9 +25,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cpu_kernels import aggregate, gaussians, radius_pairs, shifted_softplus
-from qm9_data import Batcher, radius_graph
-from targets import MASSES, OUTPUTS, centre_of_mass
+from schnetqm9.model.kernels import aggregate, gaussians, radius_pairs, shifted_softplus
+from schnetqm9.data.qm9 import Batcher, radius_graph
+from schnetqm9.data.targets import MASSES, OUTPUTS, centre_of_mass
 
 # The two configurations used by train.py and train_lite.py (see README.md for why these values).
 FULL_CONFIG = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50, cutoff=10.0)

@@ -7,7 +7,7 @@ checkpoints/best_model_lite.pth, ...).
 """
 from __future__ import annotations
 
-import train
+from schnetqm9.training import loop as train
 from schnet_model import LITE_CONFIG
 
 # fp32 even where `auto` would train the gap in bf16: the lite model's step is bound by its operations' fixed cost,

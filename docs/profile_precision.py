@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-import optim  # noqa: E402
-import qm9_data  # noqa: E402
-import train  # noqa: E402
+from schnetqm9.training import optim  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
+from schnetqm9.training import loop as train  # noqa: E402
 from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import qm9_data  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")

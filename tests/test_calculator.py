@@ -12,11 +12,11 @@ import torch
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
-import ase_calculator
-import predict
-from ase_calculator import SchNetCalculator, aligned_rmsd, relax
-from cli import UserError
-from potential_check import thermalise
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.inference import predictions as predict
+from schnetqm9.potential.calculator import SchNetCalculator, aligned_rmsd, relax
+from schnetqm9.cli import UserError
+from schnetqm9.potential.check import thermalise
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def molecule(qm9, i: int) -> ase.Atoms:
 
 
 def test_energy_is_the_shipped_models_u0_prediction(calc: SchNetCalculator, qm9) -> None:
-    import checkpoint
+    from schnetqm9.model import checkpoint
 
     ckpt = checkpoint.load(ase_calculator.SHIPPED_U0)
     model = checkpoint.build_model(ckpt)
@@ -160,7 +160,7 @@ def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, 
 def test_potential_check_measures_and_writes_each_goal(tmp_path: Path) -> None:
     import json
 
-    import potential_check
+    from schnetqm9.potential import check as potential_check
 
     summary = potential_check.main(["--molecules", "2", "--output", str(tmp_path / "pc.json")])
     written = json.loads((tmp_path / "pc.json").read_text())
@@ -174,7 +174,7 @@ def test_potential_check_measures_and_writes_each_goal(tmp_path: Path) -> None:
 def test_shipped_potential_is_far_flatter_than_the_u0_model_at_the_dft_minima(calc: SchNetCalculator, qm9) -> None:
     """QM9's geometries are DFT minima (zero force): the potential, trained on that, puts a median largest atomic
     force on 20 test molecules at most a third of the U0 model's there, and below 0.5 eV/A."""
-    import qm9_data
+    from schnetqm9.data import qm9 as qm9_data
 
     potential = SchNetCalculator(predict.SHIPPED["U0_potential"])
     worst = {"U0": [], "potential": []}

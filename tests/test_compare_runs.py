@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import compare_runs
+from schnetqm9.analysis import compare_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +46,10 @@ def test_markdown_has_a_row_per_epoch_and_marks_a_shorter_run(tmp_path) -> None:
 def test_the_script_draws_the_figure_and_rejects_bad_runs_in_one_line(tmp_path) -> None:
     a = write_run(tmp_path, "_a", val=[0.5, 0.3], raw=[0.5, 0.3], minutes_per_epoch=1, test_mae=0.3)
     b = write_run(tmp_path, "_b", val=[0.4, 0.2], raw=[0.4, 0.2], minutes_per_epoch=1, test_mae=0.2)
-    ok = subprocess.run([sys.executable, "compare_runs.py", f"a={a}", f"b={b}", "--plot", str(tmp_path / "c.png")],
+    ok = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.compare_runs", f"a={a}", f"b={b}", "--plot", str(tmp_path / "c.png")],
                         cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and (tmp_path / "c.png").stat().st_size > 10_000
     for bad, says in (([str(a)], "LABEL=HISTORY"), ([f"a={tmp_path / 'none.csv'}"], "does not exist"),
                       ([f"a={a}", "--target", "U0"], "no target 'U0'")):
-        out = subprocess.run([sys.executable, "compare_runs.py", *bad], cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.compare_runs", *bad], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 1 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1

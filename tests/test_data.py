@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-import qm9_data
-import targets
-from qm9_data import QM9
-from targets import HARTREE_TO_EV, TARGETS
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import targets
+from schnetqm9.data.qm9 import QM9
+from schnetqm9.data.targets import HARTREE_TO_EV, TARGETS
 
 HA = 27.211386246  # eV per Hartree, written out here on purpose rather than imported
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import explain
-import predict
+from schnetqm9.model import checkpoint
+from schnetqm9.inference import explain
+from schnetqm9.inference import predictions as predict
 from schnet_model import SchNet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import cpu_kernels
+from schnetqm9.model import kernels as cpu_kernels
 from schnet_model import SchNet
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="the C++ kernels did not build on this machine")

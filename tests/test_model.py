@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import qm9_data
-import targets
-from qm9_data import Batcher, QM9
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import targets
+from schnetqm9.data.qm9 import Batcher, QM9
 from schnet_model import FULL_CONFIG, LITE_CONFIG, SchNet
 
 REPO = Path(__file__).resolve().parents[1]

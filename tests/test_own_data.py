@@ -16,13 +16,13 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
-import checkpoint as ckpt_io
-import predict
-import qm9_data
-import structure_file
-import targets
-import transfer
-from cli import UserError
+from schnetqm9.model import checkpoint as ckpt_io
+from schnetqm9.inference import predictions as predict
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import structure_file
+from schnetqm9.data import targets
+from schnetqm9.model import transfer
+from schnetqm9.cli import UserError
 from schnet_model import FULL_CONFIG, SchNet
 from schnet_model import predict as predict_batches
 
@@ -235,7 +235,7 @@ def test_bad_runs_stop_with_one_line(labelled_file: Path, qm9, tmp_path) -> None
 
 
 def test_learning_curve_points_share_validation_and_test_and_nest_their_training_sets(tmp_path) -> None:
-    import learning_curve
+    from schnetqm9.analysis import learning_curve
 
     standard = qm9_data.split_indices(qm9_data.NUM_MOLECULES)
     splits = {}
@@ -251,7 +251,7 @@ def test_learning_curve_points_share_validation_and_test_and_nest_their_training
 
 
 def test_learning_curve_tables_print_both_arms_side_by_side(tmp_path) -> None:
-    import learning_curve
+    from schnetqm9.analysis import learning_curve
 
     header = "target,arm,train_size,lr,epochs,steps,best_epoch,val_mae,test_mae,unit,minutes,init_from\n"
     (tmp_path / "s.csv").write_text(header + "cv,scratch,100,0.003,125.0,500,9,0.5,0.40,cal/mol K,3.0,\n"

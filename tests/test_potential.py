@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import potential
-import qm9_data
+from schnetqm9.potential import losses as potential
+from schnetqm9.data import qm9 as qm9_data
 from schnet_model import SchNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_harmonic_calibration_surfaces_have_their_minimum_where_their_residual_f
     from a noisy start ends at x_0 + sum_k (f_k / c_k) v_k, the DFT geometry itself when f = 0."""
     import importlib.util
 
-    import ase_calculator
+    from schnetqm9.potential import calculator as ase_calculator
 
     spec = importlib.util.spec_from_file_location("harmonic_check", REPO / "docs/potential/harmonic_check.py")
     harmonic = importlib.util.module_from_spec(spec)

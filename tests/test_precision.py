@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
-import cpu_kernels
-import precision
-import predict
-import qm9_data
-import train
+from schnetqm9.model import checkpoint
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.model import precision
+from schnetqm9.inference import predictions as predict
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.training import loop as train
 from schnet_model import LITE_CONFIG, SchNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_under_bf16_the_matrix_products_are_bfloat16_and_the_readout_float32(qm9
 
 
 def test_a_bf16_training_step_follows_the_fp32_gradient(qm9) -> None:
-    import optim
+    from schnetqm9.training import optim
 
     torch.manual_seed(0)
     b = qm9_data.Batcher(qm9)(torch.arange(32))

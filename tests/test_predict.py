@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint as ckpt_io
-import domain
-import predict
-import qm9_data
+from schnetqm9.model import checkpoint as ckpt_io
+from schnetqm9.inference import domain
+from schnetqm9.inference import predictions as predict
+from schnetqm9.data import qm9 as qm9_data
 from schnet_model import predict as predict_batches
-from targets import STANDARD, TARGETS
+from schnetqm9.data.targets import STANDARD, TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import cpu_kernels
-import qm9_data
-from qm9_data import Batcher, QM9, radius_graph
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data.qm9 import Batcher, QM9, radius_graph
 
 
 def brute_force(pos: torch.Tensor, r: float, batch: torch.Tensor) -> set[tuple[int, int]]:

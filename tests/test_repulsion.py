@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import qm9_data
-import repulsion
-from ase_calculator import SchNetCalculator
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.potential import repulsion
+from schnetqm9.potential.calculator import SchNetCalculator
 
 
 def test_qm9s_shortest_distance_is_beyond_the_switch(qm9) -> None:

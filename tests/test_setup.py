@@ -36,7 +36,7 @@ def test_the_cpu_kernels_build_where_a_compiler_exists() -> None:
 
     import pytest
 
-    import cpu_kernels
+    from schnetqm9.model import kernels as cpu_kernels
 
     if shutil.which("c++") is None or not cpu_kernels.enabled():
         pytest.skip("no C++ compiler here (or SCHNET_CPU_KERNELS=0): the pure-PyTorch path is used")

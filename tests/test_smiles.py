@@ -12,9 +12,9 @@ import ase.io
 import numpy as np
 import pytest
 
-import domain
-import predict
-import smiles
+from schnetqm9.inference import domain
+from schnetqm9.inference import predictions as predict
+from schnetqm9.inference import smiles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,8 @@ def test_predict_prints_the_notes(tmp_path: Path) -> None:
 def test_geometry_cost_compares_rdkit_and_dft_geometries_for_every_shipped_target(tmp_path: Path) -> None:
     import json
 
-    import geometry_cost
-    from targets import STANDARD
+    from schnetqm9.analysis import geometry_cost
+    from schnetqm9.data.targets import STANDARD
 
     result = geometry_cost.main(["--molecules", "4", "--output", str(tmp_path / "gc.json")])
     assert json.loads((tmp_path / "gc.json").read_text()) == result

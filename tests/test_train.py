@@ -13,10 +13,10 @@ import matplotlib.image
 import pytest
 import torch
 
-import checkpoint
-import optim
-import qm9_data
-import train
+from schnetqm9.model import checkpoint
+from schnetqm9.training import optim
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.training import loop as train
 from schnet_model import predict
 from conftest import wait_for_mid_epoch_state
 

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modul
 
 import torch  # noqa: E402
 
-import cpu_kernels  # noqa: E402
-import qm9_data  # noqa: E402
+from schnetqm9.model import kernels as cpu_kernels  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
 from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
 
 torch.manual_seed(0)

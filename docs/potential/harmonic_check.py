@@ -32,10 +32,10 @@ import numpy as np  # noqa: E402
 from ase.calculators.calculator import Calculator, all_changes  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import ase_calculator  # noqa: E402
-import potential  # noqa: E402
-import potential_check  # noqa: E402
-import qm9_data  # noqa: E402
+from schnetqm9.potential import calculator as ase_calculator  # noqa: E402
+from schnetqm9.potential import losses as potential  # noqa: E402
+from schnetqm9.potential import check as potential_check  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
 from mode_check import BANDS  # noqa: E402
 
 # measured profiles per band (mode_check.py, 30 molecules): model / MMFF curvature, and RMS residual force per mode

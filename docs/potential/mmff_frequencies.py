@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-import potential  # noqa: E402
-import qm9_data  # noqa: E402
+from schnetqm9.potential import losses as potential  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
 
 WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
 

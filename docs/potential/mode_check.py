@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.build import minimize_rotation_and_translation  # noqa: E402
 
-import ase_calculator  # noqa: E402
-import checkpoint  # noqa: E402
-import potential  # noqa: E402
-import potential_check  # noqa: E402
-import qm9_data  # noqa: E402
+from schnetqm9.potential import calculator as ase_calculator  # noqa: E402
+from schnetqm9.model import checkpoint  # noqa: E402
+from schnetqm9.potential import losses as potential  # noqa: E402
+from schnetqm9.potential import check as potential_check  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
 from saddle_check import hessian  # noqa: E402
 
 BANDS = ((-np.inf, 0.1), (0.1, 1.0), (1.0, 10.0), (10.0, np.inf))  # eV/A^2; the first holds MMFF's negative ones

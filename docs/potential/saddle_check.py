@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modul
 import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 
-import ase_calculator  # noqa: E402
-import potential_check  # noqa: E402
-import qm9_data  # noqa: E402
+from schnetqm9.potential import calculator as ase_calculator  # noqa: E402
+from schnetqm9.potential import check as potential_check  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data  # noqa: E402
 
 
 def hessian(atoms: Atoms, h: float = 1e-3) -> np.ndarray:

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checkpoint
-import domain
-import plots
-import precision
-from cli import Parser, UserError, resolve_device
-from molecules import Molecule, read_inputs
-from qm9_data import atomic_write
-from targets import STANDARD, target_name
+from schnetqm9.model import checkpoint
+from schnetqm9.inference import domain
+from schnetqm9 import plots
+from schnetqm9.model import precision
+from schnetqm9.cli import Parser, UserError, resolve_device
+from schnetqm9.inference.molecules import Molecule, read_inputs
+from schnetqm9.data.qm9 import atomic_write
+from schnetqm9.data.targets import STANDARD, target_name
 
 SHIPPED = checkpoint.SHIPPED
 DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model
@@ -118,7 +118,7 @@ def relax_all(molecules: list[Molecule], path: str | None, fmax: float, steps: i
     notes the ones that did not converge."""
     from tqdm.auto import tqdm
 
-    import ase_calculator
+    from schnetqm9.potential import calculator as ase_calculator
 
     calc = ase_calculator.SchNetCalculator(path or RELAXER)
     moved = []
@@ -252,7 +252,7 @@ def explain_molecules(model: torch.nn.Module, molecules: list[Molecule], contrib
     """--explain: each molecule's per-atom attributions of output k, printed and drawn; one row per atom."""
     from ase.data import chemical_symbols
 
-    import explain
+    from schnetqm9.inference import explain
 
     model = model.cpu()
     att = model.attention_outputs.index(k) if k in getattr(model, "attention_outputs", []) else None

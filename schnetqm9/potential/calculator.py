@@ -2,7 +2,7 @@
 
     from ase.io import read
     from ase.optimize import BFGS
-    from ase_calculator import SchNetCalculator
+    from schnetqm9.potential.calculator import SchNetCalculator
 
     atoms = read("mol.xyz")
     atoms.calc = SchNetCalculator()          # the shipped U0 model; or SchNetCalculator("checkpoints/x.pth")
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-import checkpoint
-import repulsion
-from cli import UserError
+from schnetqm9.model import checkpoint
+from schnetqm9.potential import repulsion
+from schnetqm9.cli import UserError
 
 SHIPPED_U0 = checkpoint.SHIPPED["U0"]
 

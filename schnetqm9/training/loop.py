@@ -1,19 +1,10 @@
-"""Train SchNet on QM9 (or your own structures) for one target or several; evaluate on the test split; write
-figures, metrics, checkpoints.
+"""The one training loop of the repo, for train.py and train_lite.py (which only changes the defaults): train on QM9
+or your own structures, for one target or several; evaluate on the test split; write figures, metrics, checkpoints.
 
-    python train.py --target gap                      # full QM9: 110,000 / 10,000 / 10,831 molecules
-    python train.py --target gap --time-budget 60     # the same in one hour: the schedule spans the budget
-    python train.py --target all                      # the twelve standard properties, one model (targets.py)
-    python train.py --data mine.extxyz --target energy --unit eV   # your own structures (sources.py)
-    python train.py --target gap --init-from models/schnet_qm9_U0.pth  # fine-tune a checkpoint (transfer.py)
-    python train_lite.py                              # same loop, smaller defaults (10k subset, small model)
-    torchrun --nproc_per_node 2 train_lite.py         # data-parallel, same steps (distributed.py)
-
-The one training loop of the repo lives here; train_lite.py only changes the defaults. Batches are cut from flat
-tensors held on the training device (qm9_data.Batcher), so no DataLoader or per-molecule collation is involved.
-Reading order: Trainer.fit (train_epoch, check_window, end_epoch), then finish; run() sets them up. The flags
-and the combinations refused are in train_args.py, what a target is (unit, readout, standardisation) in targets.py,
-the checkpoint format in checkpoint.py.
+Batches are cut from flat tensors held on the training device (data/qm9.py's Batcher), so no DataLoader or
+per-molecule collation is involved. Reading order: Trainer.fit (train_epoch, check_window, end_epoch), then finish;
+run() sets them up. The flags and the combinations refused are in training/args.py, what a target is (unit, readout,
+standardisation) in data/targets.py, the checkpoint format in model/checkpoint.py.
 """
 from __future__ import annotations
 
@@ -32,21 +23,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import checkpoint
-import cpu_kernels
-import distributed
-import potential
-import precision
-import qm9_data
-import report
-import sources
-import targets
-import train_args
-import transfer
-from cli import UserError, resolve_device
-from distributed import World
-from optim import FlatAdam, LossGuard, Schedule, make_ema
-from qm9_data import Batcher
+from schnetqm9.model import checkpoint
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.training import distributed
+from schnetqm9.potential import losses as potential
+from schnetqm9.model import precision
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.training import report
+from schnetqm9.data import sources
+from schnetqm9.data import targets
+from schnetqm9.training import args as train_args
+from schnetqm9.model import transfer
+from schnetqm9.cli import UserError, resolve_device
+from schnetqm9.training.distributed import World
+from schnetqm9.training.optim import FlatAdam, LossGuard, Schedule, make_ema
+from schnetqm9.data.qm9 import Batcher
 from schnet_model import FULL_CONFIG, SchNet, count_parameters, predict
 
 FULL_DEFAULTS = dict(

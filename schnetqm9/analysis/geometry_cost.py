@@ -1,8 +1,8 @@
 """What a SMILES instead of the DFT geometry costs: predictions from RDKit geometries against those from QM9's own.
 
-    python geometry_cost.py --molecules 1000              # every shipped target, RDKit geometries as predict.py
-    python geometry_cost.py --molecules 1000 --relax      # the same, relaxed first as predict.py --relax does
-    python geometry_cost.py --molecules 100 --relax --start dft   # what --relax does to DFT minima themselves
+    python -m schnetqm9.analysis.geometry_cost --molecules 1000              # every shipped target, RDKit geometries as predict.py
+    python -m schnetqm9.analysis.geometry_cost --molecules 1000 --relax      # the same, relaxed first as predict.py --relax does
+    python -m schnetqm9.analysis.geometry_cost --molecules 100 --relax --start dft   # what --relax does to DFT minima themselves
 
 For the first M of a seeded permutation of the standard test split (molecules no shipped model trained on), each
 molecule's SMILES (qm9pack's column) becomes a structure exactly as `predict.py --smiles` makes it (smiles.py:
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import checkpoint
-import predict
-import qm9_data
-from cli import Parser, UserError
-from molecules import Molecule, from_smiles
-from targets import TARGETS
+from schnetqm9.model import checkpoint
+from schnetqm9.inference import predictions as predict
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.cli import Parser, UserError
+from schnetqm9.inference.molecules import Molecule, from_smiles
+from schnetqm9.data.targets import TARGETS
 
 
 def shipped_columns() -> list[tuple[str, Path]]:

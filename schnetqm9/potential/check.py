@@ -1,8 +1,8 @@
 """Is an energy model a usable potential? The checks of issue 15 on QM9 test molecules, measured the same way for
 every model:
 
-    python potential_check.py                                   # the shipped U0 model
-    python potential_check.py --checkpoint checkpoints/best_model_U0.pth --molecules 100
+    python -m schnetqm9.potential.check                                   # the shipped U0 model
+    python -m schnetqm9.potential.check --checkpoint checkpoints/best_model_U0.pth --molecules 100
 
 QM9's geometries are DFT minima, so on a good potential:
     forces    the largest atomic force at the DFT geometry is ~0 (goal: median <= 0.1 eV/A);
@@ -26,11 +26,11 @@ import torch
 from ase import Atoms
 from tqdm.auto import tqdm
 
-import ase_calculator
-import checkpoint
-import qm9_data
-from cli import Parser, UserError
-from domain import closest_pair
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.model import checkpoint
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.cli import Parser, UserError
+from schnetqm9.inference.domain import closest_pair
 from schnet_model import predict
 
 GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_mev=10.0, u0_mae=0.025)

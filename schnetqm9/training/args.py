@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import math
 
-import precision
-import qm9_data
-import structure_file
-import targets
-import transfer
-from cli import Parser, UserError
+from schnetqm9.model import precision
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import structure_file
+from schnetqm9.data import targets
+from schnetqm9.model import transfer
+from schnetqm9.cli import Parser, UserError
 
 TARGET_HELP = ("QM9 target: a name (" + ", ".join(targets.TARGET_NAMES) + "; case-insensitive) or index 0-18, a "
                "comma list of them (one shared representation, one output each), or 'all' (the twelve standard "

@@ -3,7 +3,7 @@
 On CPU a SchNet training step spends most of its non-matrix-product time streaming [P, F] tensors (P atom pairs,
 F filter channels) through memory — gathers, products and scatters in the continuous-filter convolution, the
 shifted softplus and its backward pass, the Gaussian expansion — and building the interaction graph out of ~30
-small tensor operations. `cpu_kernels.cpp` does each of these in one pass:
+small tensor operations. `kernels.cpp` does each of these in one pass:
 
     aggregate(x, w, c, pairs)[n] = sum_{p = {j, i}: i = n} x_j * w_p * c_p  +  sum_{p = {j, i}: j = n} x_i * w_p * c_p
     shifted_softplus(x)          = ln(1 + e^x) - ln 2,   with  d/dx = sigmoid(x)
@@ -11,14 +11,14 @@ small tensor operations. `cpu_kernels.cpp` does each of these in one pass:
     radius_pairs(pos, r, batch)  = {(j, i): j < i, same molecule, |pos_i - pos_j| <= r}
 
 x [N, F] atom features, w [P, F] filters, c [P] cutoff envelope, pairs [2, P] unordered (j, i). The kernels are
-compiled from `cpu_kernels.cpp` with torch.utils.cpp_extension the first time they are needed (about 40 s; the
+compiled from `kernels.cpp` with torch.utils.cpp_extension the first time they are needed (about 40 s; the
 build is kept in `build/cpu_kernels/` and reused until the source changes). Everything else — CUDA tensors, a
 machine without a C++ compiler, or `SCHNET_CPU_KERNELS=0` in the environment — runs the pure-PyTorch
 definitions below (`aggregate_reference`, `shifted_softplus_reference`, `gaussians_reference`,
 `radius_pairs_reference`), which tests/test_kernels.py and tests/test_radius.py compare the kernels with (values
 and gradients, float32 and float64). Second derivatives work too: a backward pass with create_graph=True (forces
 F = -dE/dr that a loss then differentiates again) runs differentiable operations instead of the fused backward
-kernels (see cpu_kernels.cpp), and the tests check it with gradgradcheck.
+kernels (see kernels.cpp), and the tests check it with gradgradcheck.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SOURCE = Path(__file__).resolve().parent / "cpu_kernels.cpp"
-BUILD_DIR = SOURCE.parent / "build" / "cpu_kernels"
+SOURCE = Path(__file__).resolve().parent / "kernels.cpp"
+BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cpu_kernels"  # the clone's build/ folder
 LN2 = math.log(2.0)
 
 _module: ModuleType | None = None

@@ -1,8 +1,8 @@
 """Learning curves: test MAE against the number of training molecules, from scratch and fine-tuned (--init-from).
 
-    python learning_curve.py --target gap --init-from models/schnet_qm9_U0.pth
-    python learning_curve.py --target cv --init-from models/schnet_qm9_U0.pth --sizes 100,1000 --arms finetune
-    python learning_curve.py --plot docs/transfer/*.csv --output docs/figures/learning_curves.png
+    python -m schnetqm9.analysis.learning_curve --target gap --init-from models/schnet_qm9_U0.pth
+    python -m schnetqm9.analysis.learning_curve --target cv --init-from models/schnet_qm9_U0.pth --sizes 100,1000 --arms finetune
+    python -m schnetqm9.analysis.learning_curve --plot docs/transfer/*.csv --output docs/figures/learning_curves.png
 
 Every point is one `train.py` run on QM9 with the default architecture and a split file written here:
     train  the first N molecules of a seeded permutation of the standard training split (so a smaller set is part
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-import qm9_data
-import transfer
-from cli import Parser, UserError
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.model import transfer
+from schnetqm9.cli import Parser, UserError
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 VAL_SIZE = 1000
 BATCH = 32
 
@@ -91,7 +91,7 @@ def plot(tables: list[Path], path: Path) -> None:
     """One panel per target: test MAE against training molecules (log-log), one line per arm."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    import plots
+    from schnetqm9 import plots
 
     rows = [r for t in tables for r in csv.DictReader(t.open())]
     names = list(dict.fromkeys(r["target"] for r in rows))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cli import UserError
-from qm9_data import atomic_write
+from schnetqm9.cli import UserError
+from schnetqm9.data.qm9 import atomic_write
 
 CACHE_FORMAT = 1  # bump when the cached tensors change meaning
 MAX_Z = 99  # SchNet's embedding has rows 0-99; row 0 is padding

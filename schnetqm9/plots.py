@@ -14,7 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from qm9_data import atomic_write  # noqa: E402
+from schnetqm9.data.qm9 import atomic_write  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:

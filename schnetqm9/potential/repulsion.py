@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import qm9_data
+from schnetqm9.data import qm9 as qm9_data
 
 COULOMB = 14.399645  # e^2 / (4 pi eps_0), eV Angstrom
 SCREENING = 0.46850  # 0.8854 Bohr radii, Angstrom

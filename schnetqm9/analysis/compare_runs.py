@@ -1,6 +1,6 @@
 """Training runs side by side: validation MAE per epoch, the minutes to reach a validation MAE, and test MAE.
 
-    python compare_runs.py fp32=runs/prec/results/history_gap_fp32.csv bf16=runs/prec/results/history_gap_bf16.csv \
+    python -m schnetqm9.analysis.compare_runs fp32=runs/prec/results/history_gap_fp32.csv bf16=runs/prec/results/history_gap_bf16.csv \
         --threshold 0.15 --plot docs/figures/precision_gap.png --markdown
 
 Each RUN is LABEL=HISTORY, a history<suffix>.csv that train.py writes (one row per validated epoch, with the
@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import Parser, UserError
+from schnetqm9.cli import Parser, UserError
 
 
 @dataclass
@@ -90,7 +90,7 @@ def plot(runs: list[Run], path: Path, title: str = "") -> None:
     """Validation MAE against epochs (left) and against wall-clock minutes (right), one line per run, log scale."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    import plots
+    from schnetqm9 import plots
 
     fig, (by_epoch, by_time) = plots._grid(2, (4.8, 3.6))
     name = runs[0].target

@@ -37,7 +37,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 MEASURED_SAFE: frozenset[str] = frozenset({"gap", "U0"})
 # Targets that `auto` predicts in bf16: none. Prediction is cheap, and bf16 gives up exact invariance: the shipped
 # gap model's predictions for a molecule and for its rotated, translated copy differ by 4.5e-4 eV on average and
-# 5.6e-3 at most in bf16, against 9e-7 and 6.7e-6 eV in fp32 (1,000 test molecules, `python precision.py`).
+# 5.6e-3 at most in bf16, against 9e-7 and 6.7e-6 eV in fp32 (1,000 test molecules, `python -m schnetqm9.model.precision`).
 PREDICTION_SAFE: frozenset[str] = frozenset()
 
 
@@ -117,8 +117,8 @@ def main() -> None:
     each molecule moves them in each precision (docs/PERFORMANCE.md)."""
     import argparse
 
-    import checkpoint
-    import qm9_data
+    from schnetqm9.model import checkpoint
+    from schnetqm9.data import qm9 as qm9_data
 
     p = argparse.ArgumentParser(description="bfloat16 against float32 predictions of every shipped model on the "
                                 "first M molecules of the standard test split")

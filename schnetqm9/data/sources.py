@@ -12,11 +12,11 @@ from pathlib import Path
 
 from torch import Tensor
 
-import qm9_data
-import targets
-from cli import UserError
-from qm9_data import QM9
-from structure_file import LabelledStructures
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import targets
+from schnetqm9.cli import UserError
+from schnetqm9.data.qm9 import QM9
+from schnetqm9.data.structure_file import LabelledStructures
 
 Source = QM9 | LabelledStructures
 

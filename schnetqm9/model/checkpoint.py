@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError
-from qm9_data import atomic_write
+from schnetqm9.cli import UserError
+from schnetqm9.data.qm9 import atomic_write
 from schnet_model import SchNet
 
 CHECKPOINT_FORMAT = "schnet-qm9/1"
 # the full-QM9 models shipped in models/: all twelve properties in one, dedicated gap and U0 models, and U0 trained
 # as a potential (zero forces at QM9's minima, MMFF94's curvature around them: docs/POTENTIAL.md)
-SHIPPED = {name: Path(__file__).resolve().parent / "models" / f"schnet_qm9_{name}.pth"
+SHIPPED = {name: Path(__file__).resolve().parents[2] / "models" / f"schnet_qm9_{name}.pth"
            for name in ("all", "gap", "U0", "U0_potential")}
 
 

@@ -36,7 +36,7 @@ TARGET = 4  # gap; the target does not change the cost
 
 
 def _default_config() -> tuple[dict, int]:
-    import train
+    from schnetqm9.training import loop as train
     from schnet_model import FULL_CONFIG
 
     return dict(FULL_CONFIG), train.FULL_DEFAULTS["batch_size"]
@@ -50,10 +50,10 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
     import torch
 
     torch.set_num_threads(threads)
-    import optim
-    import qm9_data
-    import targets
-    import train
+    from schnetqm9.training import optim
+    from schnetqm9.data import qm9 as qm9_data
+    from schnetqm9.data import targets
+    from schnetqm9.training import loop as train
 
     device = torch.device(device_name)
     mixed = "bf16" if pipeline.endswith("_bf16") else "fp32"
@@ -78,7 +78,7 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
         source = data
         columns = torch.tensor([targets.TARGETS[n].column for n in names], device=device)
         if pipeline == "ours_file":
-            from structure_file import LabelledStructures
+            from schnetqm9.data.structure_file import LabelledStructures
 
             source, columns = LabelledStructures(data_file, ["gap"], progress=False), torch.tensor([0], device=device)
         batcher = qm9_data.Batcher(source, device)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import torch
 
-    from cli import UserError, resolve_device
+    from schnetqm9.cli import UserError, resolve_device
 
     try:
         device = resolve_device(args.device).type
@@ -189,12 +189,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "steps // rounds")
     if warmup < 0:
         sys.exit(f"error: --warmup must be non-negative, got {warmup}")
-    import cpu_kernels
-    import qm9_data
+    from schnetqm9.model import kernels as cpu_kernels
+    from schnetqm9.data import qm9 as qm9_data
 
     qm9_data.QM9(args.data_dir)  # build the cache and the kernels once, before the measuring processes start
     if args.data:
-        from structure_file import LabelledStructures
+        from schnetqm9.data.structure_file import LabelledStructures
 
         try:
             size = len(LabelledStructures(args.data, ["gap"]))  # its cache too, and its errors in one line here

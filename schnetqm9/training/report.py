@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import plots
-from qm9_data import atomic_write
+from schnetqm9 import plots
+from schnetqm9.data.qm9 import atomic_write
 
 
 def regression_metrics(pred: torch.Tensor, true: torch.Tensor, names: list[str]) -> dict[str, dict]:

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-import cpu_kernels
-from targets import ATOM_ENERGY_TABLE, HARTREE_TO_EV, TARGETS
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.data.targets import ATOM_ENERGY_TABLE, HARTREE_TO_EV, TARGETS
 
 NUM_MOLECULES = 130_831
 MAX_ATOMS = 29  # the largest QM9 molecule
