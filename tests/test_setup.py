@@ -19,7 +19,7 @@ def test_requirements_and_environment_list_the_same_packages() -> None:
     assert "torch==2.13.0" in reqs  # an unpinned torch pulls a multi-GB CUDA build
     names = {re.split(r"[=<>]", r)[0] for r in reqs}
     assert {"torch", "torch-geometric", "torch-cluster", "numpy", "matplotlib", "scikit-learn", "tqdm", "pandas",
-            "qm9pack", "ase", "rdkit"} <= names
+            "qm9pack", "ase", "rdkit", "pyscf", "tblite"} <= names
     assert "name: gdl_molecule" in (REPO / "environment.yml").read_text()
     assert "python=3.11" in (REPO / "environment.yml").read_text()
 
