@@ -191,15 +191,11 @@ def test_thermal_displacements_hold_e_over_2_in_every_mode_and_reach_the_prior(q
 
 
 def test_harmonic_calibration_surfaces_have_their_minimum_where_their_residual_forces_put_it(qm9) -> None:
-    """docs/potential/harmonic_check.py's surfaces: forces are minus the gradient of the energy, and BFGS (tight)
+    """experiments/potential/harmonic_check.py's surfaces: forces are minus the gradient of the energy, and BFGS (tight)
     from a noisy start ends at x_0 + sum_k (f_k / c_k) v_k, the DFT geometry itself when f = 0."""
-    import importlib.util
-
+    from experiments.potential import harmonic_check as harmonic
     from schnetqm9.potential import calculator as ase_calculator
 
-    spec = importlib.util.spec_from_file_location("harmonic_check", REPO / "docs/potential/harmonic_check.py")
-    harmonic = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harmonic)
     d = qm9[321]
     z, pos = d.z.numpy(), d.pos.double().numpy()
     lam, V = potential.mmff_modes(potential.mmff_typed(z, pos), pos)

@@ -2,7 +2,7 @@
 
     python -m schnetqm9.analysis.learning_curve --target gap --init-from models/schnet_qm9_U0.pth
     python -m schnetqm9.analysis.learning_curve --target cv --init-from models/schnet_qm9_U0.pth --sizes 100,1000 --arms finetune
-    python -m schnetqm9.analysis.learning_curve --plot docs/transfer/*.csv --output docs/figures/learning_curves.png
+    python -m schnetqm9.analysis.learning_curve --plot experiments/transfer/*.csv --output docs/figures/learning_curves.png
 
 Every point is one `train.py` run on QM9 with the default architecture and a split file written here:
     train  the first N molecules of a seeded permutation of the standard training split (so a smaller set is part

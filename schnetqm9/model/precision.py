@@ -27,7 +27,7 @@ CHOICES = ("fp32", "bf16", "auto")
 # oneDNN, which runs PyTorch's bfloat16 matrix products on the CPU, keeps up to 1,024 compiled kernels, one per
 # operand shape; every batch of molecules brings shapes of its own, so the cache fills with kernels of past
 # batches: a full-QM9 bf16 run peaked at 3.8 GB against 1.1 GB in fp32. 300 default bf16 training steps
-# (docs/precision/onednn_cache_probe.py) peaked at 1.09 GB in 35.6 s with 32 kernels, 1.79 GB in 37.4 s with the
+# (experiments/precision/onednn_cache_probe.py) peaked at 1.09 GB in 35.6 s with 32 kernels, 1.79 GB in 37.4 s with the
 # default, and took 80 s with no cache. oneDNN reads the size when it first compiles, so it is set at import,
 # before any product; a value the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
@@ -66,7 +66,7 @@ def resolve(choice: str, device: torch.device, targets: list[str], training: boo
 def emulation_warning(choice: str, device: torch.device) -> str | None:
     """The warning for an explicit `--precision bf16` on a device without native bfloat16, else None. There the
     products are emulated: the default training step ran at 0.107x its fp32 speed on an AMD EPYC without AVX-512
-    BF16 (`python bench.py --config default --bf16`, docs/bench_bf16_emulated_2026-12-01.json)."""
+    BF16 (`python bench.py --config default --bf16`, experiments/precision/bench_bf16_emulated_2026-12-01.json)."""
     if choice != "bf16" or native_bf16(device):
         return None
     where = ("a CPU without native bfloat16 (AVX-512 BF16 or AMX): it is emulated there, ~9x slower than fp32 "

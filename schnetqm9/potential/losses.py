@@ -25,7 +25,7 @@ forces, which are themselves a gradient: second derivatives through the model (c
 A force residual r says little about how far the minimum lies: along a normal mode of curvature lambda it moves the
 minimum by r / lambda, so the same 0.03 eV/A is 0.001 A along a C-H stretch (lambda ~ 50 eV/A^2) and 0.3 A along a
 torsion (~ 0.1). Plain squared forces spend the training on the stiff modes, and the minimum misses DFT's along the
-soft ones (docs/potential/mode_check.py). With a stiffness k > 0 (`train.py --precondition k`) both residuals are
+soft ones (experiments/potential/mode_check.py). With a stiffness k > 0 (`train.py --precondition k`) both residuals are
 measured through
 
 .. math::

@@ -2,7 +2,7 @@
 (docs/POTENTIAL.md): MMFF94's harmonic frequencies at each DFT geometry against QM9's own B3LYP harmonic
 frequencies (qm9pack's Harmonic_Freq_cmi column).
 
-    OMP_NUM_THREADS=1 python docs/potential/mmff_frequencies.py --molecules 20
+    OMP_NUM_THREADS=1 python -m experiments.potential.mmff_frequencies --molecules 20
 
 Bonds come from the DFT geometry (RDKit's rdDetermineBonds), MMFF94 types from them (as the training prior). The
 Hessian is potential.mmff_hessian (central differences of MMFF's gradient, h = 1e-3 A), mass-weighted (ASE's
@@ -12,17 +12,14 @@ highest are compared, sorted, with DFT's. A DFT geometry is not MMFF's minimum, 
 negative; the count of modes below -50 cm^-1 is reported.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+import numpy as np
+import pandas as pd
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from schnetqm9.potential import losses as potential  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
+from schnetqm9.potential import losses as potential
+from schnetqm9.data import qm9 as qm9_data
 
 WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
 

@@ -1,9 +1,9 @@
 """Peak memory and time of 300 default training steps in bf16 (batch 32, random QM9 molecules, train.train_step)
 for a given size of oneDNN's kernel cache (precision.py sets 32 unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set):
 
-    OMP_NUM_THREADS=1 python docs/precision/onednn_cache_probe.py 32      # the repo's setting
-    OMP_NUM_THREADS=1 python docs/precision/onednn_cache_probe.py 1024    # oneDNN's default
-    OMP_NUM_THREADS=1 python docs/precision/onednn_cache_probe.py 0       # no cache
+    OMP_NUM_THREADS=1 python -m experiments.precision.onednn_cache_probe 32      # the repo's setting
+    OMP_NUM_THREADS=1 python -m experiments.precision.onednn_cache_probe 1024    # oneDNN's default
+    OMP_NUM_THREADS=1 python -m experiments.precision.onednn_cache_probe 0       # no cache
 """
 import os
 import resource
@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = sys.argv[1] if len(sys.argv) > 1 else "32"
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
 
-import torch  # noqa: E402
+import torch
 
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
-from schnetqm9.training import loop as train  # noqa: E402
-from schnetqm9.training.optim import FlatAdam  # noqa: E402
-from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.training import loop as train
+from schnetqm9.training.optim import FlatAdam
+from schnet_model import FULL_CONFIG, SchNet
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False)

@@ -2,7 +2,7 @@
 sample: the displacement from the DFT geometry to the model's minimum (BFGS from the DFT geometry itself) and the
 model's residual force there, resolved into MMFF94's normal modes at the DFT geometry, band by band of stiffness.
 
-    OMP_NUM_THREADS=1 python docs/potential/mode_check.py --checkpoint models/schnet_qm9_U0_potential.pth --molecules 30
+    OMP_NUM_THREADS=1 python -m experiments.potential.mode_check --checkpoint models/schnet_qm9_U0_potential.pth --molecules 30
 
 MMFF94's Hessian H (central differences of its forces, h = 1e-3 A) is taken on the 3n - 6 internal coordinates,
 the complement Q [3n, 3n - 6] of the rigid translations and rotations: Q^T H Q = U diag(lambda) U^T, modes
@@ -21,21 +21,18 @@ the residual force the relaxation goal asks of it (printed as "force needed").
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+import numpy as np
+from ase import Atoms
+from ase.build import minimize_rotation_and_translation
 
-import numpy as np  # noqa: E402
-from ase import Atoms  # noqa: E402
-from ase.build import minimize_rotation_and_translation  # noqa: E402
-
-from schnetqm9.potential import calculator as ase_calculator  # noqa: E402
-from schnetqm9.model import checkpoint  # noqa: E402
-from schnetqm9.potential import losses as potential  # noqa: E402
-from schnetqm9.potential import check as potential_check  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
-from saddle_check import hessian  # noqa: E402
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.model import checkpoint
+from schnetqm9.potential import losses as potential
+from schnetqm9.potential import check as potential_check
+from schnetqm9.data import qm9 as qm9_data
+from experiments.potential.saddle_check import hessian
 
 BANDS = ((-np.inf, 0.1), (0.1, 1.0), (1.0, 10.0), (10.0, np.inf))  # eV/A^2; the first holds MMFF's negative ones
 NAMES = ("< 0.1 (torsions, rotors)", "0.1 - 1 (bends, soft torsions)", "1 - 10 (bends)", ">= 10 (stretches)")

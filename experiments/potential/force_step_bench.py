@@ -2,19 +2,16 @@
 (forces by autograd with create_graph=True, so the step takes second derivatives), each with the fused CPU kernels
 and with the pure-PyTorch path, in 3 alternating rounds of 10 steps (the figure of docs/POTENTIAL.md):
 
-    OMP_NUM_THREADS=1 python docs/potential/force_step_bench.py
+    OMP_NUM_THREADS=1 python -m experiments.potential.force_step_bench
 """
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+import torch
 
-import torch  # noqa: E402
-
-from schnetqm9.model import kernels as cpu_kernels  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
-from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.data import qm9 as qm9_data
+from schnet_model import FULL_CONFIG, SchNet
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False); bat = qm9_data.Batcher(q)

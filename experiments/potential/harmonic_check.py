@@ -3,7 +3,7 @@ DFT geometry displaced by 0.05 A Gaussian noise per coordinate, the same seeds) 
 minimum lies exactly at, or a known residual force away from, the DFT geometry: the protocol's own ceiling, and the
 residual force and stiffness a learned surface needs to pass it.
 
-    python docs/potential/harmonic_check.py --molecules 100
+    python -m experiments.potential.harmonic_check --molecules 100
 
 Each surface is built on MMFF94's internal normal modes at the DFT geometry x_0 (v_k, lambda_k: potential.mmff_modes;
 MMFF's frequencies there are within a median 4 % of DFT's, POTENTIAL.md), with q_k = v_k . (x - x_0):
@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]  # repo, mode_check
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from ase.calculators.calculator import Calculator, all_changes  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from schnetqm9.potential import calculator as ase_calculator  # noqa: E402
-from schnetqm9.potential import losses as potential  # noqa: E402
-from schnetqm9.potential import check as potential_check  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
-from mode_check import BANDS  # noqa: E402
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.potential import losses as potential
+from schnetqm9.potential import check as potential_check
+from schnetqm9.data import qm9 as qm9_data
+from experiments.potential.mode_check import BANDS
 
 # measured profiles per band (mode_check.py, 30 molecules): model / MMFF curvature, and RMS residual force per mode
 # at x_0 in eV/A; e: the 4-epoch potential (shipped until 2026-12-03), g: the 12-epoch one (shipped since)

@@ -1,7 +1,7 @@
 """Is the DFT geometry a minimum of the learned surface, or a saddle? For each of the first M molecules of
 potential_check.py's sample: the model's Hessian at the DFT geometry and BFGS from that geometry itself (no noise).
 
-    OMP_NUM_THREADS=1 python docs/potential/saddle_check.py --checkpoint resume/pot/best_model_pot_a.pth --molecules 10
+    OMP_NUM_THREADS=1 python -m experiments.potential.saddle_check --checkpoint resume/pot/best_model_pot_a.pth --molecules 10
 
 The Hessian is the central difference of the calculator's forces, H_kl = -(F_l(x + h e_k) - F_l(x - h e_k)) / 2h
 with h = 1e-3 A, symmetrised, in eV/A^2; at a true minimum its 3N eigenvalues are >= 0 (six ~0: translations and
@@ -9,17 +9,14 @@ rotations). Printed per molecule: the eigenvalues below -0.05 eV/A^2 (how many, 
 relaxation the aligned RMSD to the DFT geometry over all atoms and over heavy atoms, and E(relaxed) - E(DFT).
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+import numpy as np
+from ase import Atoms
 
-import numpy as np  # noqa: E402
-from ase import Atoms  # noqa: E402
-
-from schnetqm9.potential import calculator as ase_calculator  # noqa: E402
-from schnetqm9.potential import check as potential_check  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.potential import check as potential_check
+from schnetqm9.data import qm9 as qm9_data
 
 
 def hessian(atoms: Atoms, h: float = 1e-3) -> np.ndarray:

@@ -1,24 +1,21 @@
 """Where a default training step's time goes in fp32 and under bf16 autocast (docs/PERFORMANCE.md, "bfloat16"):
 
-    OMP_NUM_THREADS=1 python docs/profile_precision.py
+    OMP_NUM_THREADS=1 python -m experiments.precision.profile_precision
 
 torch.profiler over 6 training steps of the default model (batch 32, the same QM9 training molecules in both
 precisions, after 2 warm-up steps): the matrix products' share of the step, their GFLOP per step and GFLOP/s, and
 the largest operators; then two of the step's product shapes alone, 20 times each.
 """
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from schnetqm9.training import optim  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
-from schnetqm9.training import loop as train  # noqa: E402
-from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
+from schnetqm9.training import optim
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.training import loop as train
+from schnet_model import FULL_CONFIG, SchNet
 
 
 def main() -> None:

@@ -5,21 +5,18 @@ the prior's (bond perception, typing and two force evaluations per molecule, pot
 preconditioner's (typing and a finite-difference Hessian per molecule, potential.preconditioners). 3 alternating
 rounds of 10 steps, the best round kept:
 
-    OMP_NUM_THREADS=1 python docs/potential/potential_step_bench.py
+    OMP_NUM_THREADS=1 python -m experiments.potential.potential_step_bench
 """
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo's modules
+import torch
 
-import torch  # noqa: E402
-
-from schnetqm9.potential import losses as potential  # noqa: E402
-from schnetqm9.data import qm9 as qm9_data  # noqa: E402
-from schnetqm9.training import loop as train  # noqa: E402
-from schnetqm9.training.optim import FlatAdam  # noqa: E402
-from schnet_model import FULL_CONFIG, SchNet  # noqa: E402
+from schnetqm9.potential import losses as potential
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.training import loop as train
+from schnetqm9.training.optim import FlatAdam
+from schnet_model import FULL_CONFIG, SchNet
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False)
