@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from schnetqm9.model import checkpoint
-from schnetqm9.model import kernels as cpu_kernels
-from schnetqm9.model import precision
-from schnetqm9.inference import predictions as predict
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.training import loop as train
 from schnet_model import LITE_CONFIG, SchNet
+from schnetqm9.data import batch as batching
+from schnetqm9.data import splits
+from schnetqm9.inference import predictions as predict
+from schnetqm9.model import checkpoint, precision
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -54,7 +54,7 @@ def test_a_bf16_training_step_follows_the_fp32_gradient(qm9) -> None:
     from schnetqm9.training import optim
 
     torch.manual_seed(0)
-    b = qm9_data.Batcher(qm9)(torch.arange(32))
+    b = batching.Batcher(qm9)(torch.arange(32))
     grads = []
     for mixed in ("fp32", "bf16"):
         torch.manual_seed(0)
@@ -71,8 +71,8 @@ def test_shipped_predictions_in_bf16_within_the_stated_tolerance_for_the_gap_not
     """The tolerance: mean |bf16 - fp32| at most 5 % of the model's test MAE, the largest at most 25 %. The gap
     model meets it; the U0 model does not (mean ~70 %). `auto` trains the gap and U0 in bf16 (their accuracy per
     epoch was measured equal) and predicts in fp32 (exact invariance)."""
-    mols = qm9_data.split_indices(len(qm9))["test"][:300]
-    batcher = qm9_data.Batcher(qm9)
+    mols = splits.standard_split()["test"][:300]
+    batcher = batching.Batcher(qm9)
     ratios = {}
     for name in ("gap", "U0"):
         ckpt = checkpoint.load(predict.SHIPPED[name])
@@ -113,7 +113,7 @@ def test_predict_and_train_take_the_flag(qm9, tmp_path: Path) -> None:
 def test_onednn_kernel_cache_is_bounded_unless_the_user_sized_it() -> None:
     """precision.py bounds oneDNN's kernel cache (its default held a bf16 run's kernels of past batch shapes:
     3.8 GB); a size the user set is kept."""
-    code = "import os, precision; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    code = "import os; from schnetqm9.model import precision; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     ours = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     theirs = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -125,10 +125,10 @@ def test_bf16_breaks_rotation_invariance_only_at_the_rounding_level(qm9) -> None
     """A rotated, translated copy gives the same prediction in fp32 (to float32 rounding) and nearly the same in
     bf16: if positions or distances went through bfloat16 (a product under autocast), the change would be ~30x
     larger (0.015 eV on average for the gap model, measured when the test's own rotation ran under autocast)."""
-    mols = qm9_data.split_indices(len(qm9))["test"][:100]
+    mols = splits.standard_split()["test"][:100]
     model = checkpoint.build_model(checkpoint.load(predict.SHIPPED["gap"]))
-    fp32 = precision.rotation_shift(model, qm9_data.Batcher(qm9), mols, "fp32")
-    bf16 = precision.rotation_shift(model, qm9_data.Batcher(qm9), mols, "bf16")
+    fp32 = precision.rotation_shift(model, batching.Batcher(qm9), mols, "fp32")
+    bf16 = precision.rotation_shift(model, batching.Batcher(qm9), mols, "bf16")
     assert float(fp32.max()) < 1e-4
     assert float(fp32.mean()) < float(bf16.mean()) < 0.003
 
