@@ -25,9 +25,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from schnetqm9.model.kernels import aggregate, gaussians, radius_pairs, shifted_softplus
-from schnetqm9.data.qm9 import Batcher, radius_graph
 from schnetqm9.data.targets import MASSES, OUTPUTS, centre_of_mass
+from schnetqm9.model.graph import radius_graph
+from schnetqm9.model.kernels import aggregate, gaussians, radius_pairs, shifted_softplus
 
 # The two configurations used by train.py and train_lite.py (see README.md for why these values).
 FULL_CONFIG = dict(hidden_channels=128, num_filters=128, num_interactions=6, num_gaussians=50, cutoff=10.0)
@@ -370,18 +370,6 @@ class SchNet(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: SchNet, batcher: Batcher, mols: Tensor, batch_size: int, embeddings: bool = False) -> Tensor:
-    """Predictions [M, num_outputs] (or embeddings [M, D]) for molecules `mols` [M], in batches of `batch_size`,
-    on the batcher's device; returned as float32 on the CPU. Leaves the model in training mode."""
-    model.eval()
-    out = []
-    for chunk in mols.split(batch_size):
-        b = batcher(chunk)
-        out.append(model.embedding(b.z, b.pos, b.batch) if embeddings else model(b.z, b.pos, b.batch))
-    model.train()
-    return torch.cat(out).float().cpu()
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -7,8 +7,8 @@ checkpoints/best_model_lite.pth, ...).
 """
 from __future__ import annotations
 
-from schnetqm9.training import loop as train
 from schnet_model import LITE_CONFIG
+from schnetqm9.training import loop as train
 
 # fp32 even where `auto` would train the gap in bf16: the lite model's step is bound by its operations' fixed cost,
 # not by its small products, and bf16 made it slower (0.76x, bench.py --config lite --bf16: docs/PERFORMANCE.md)

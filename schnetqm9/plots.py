@@ -10,11 +10,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from schnetqm9.data.qm9 import atomic_write  # noqa: E402
+from schnetqm9.files import atomic_write  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:

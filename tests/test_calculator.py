@@ -12,10 +12,10 @@ import torch
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
-from schnetqm9.potential import calculator as ase_calculator
-from schnetqm9.inference import predictions as predict
-from schnetqm9.potential.calculator import SchNetCalculator, aligned_rmsd, relax
 from schnetqm9.cli import UserError
+from schnetqm9.inference import predictions as predict
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.potential.calculator import SchNetCalculator, aligned_rmsd, relax
 from schnetqm9.potential.check import thermalise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,11 +174,11 @@ def test_potential_check_measures_and_writes_each_goal(tmp_path: Path) -> None:
 def test_shipped_potential_is_far_flatter_than_the_u0_model_at_the_dft_minima(calc: SchNetCalculator, qm9) -> None:
     """QM9's geometries are DFT minima (zero force): the potential, trained on that, puts a median largest atomic
     force on 20 test molecules at most a third of the U0 model's there, and below 0.5 eV/A."""
-    from schnetqm9.data import qm9 as qm9_data
+    from schnetqm9.data import splits
 
     potential = SchNetCalculator(predict.SHIPPED["U0_potential"])
     worst = {"U0": [], "potential": []}
-    for i in qm9_data.split_indices(len(qm9))["test"][:20].tolist():
+    for i in splits.standard_split()["test"][:20].tolist():
         for name, c in (("U0", calc), ("potential", potential)):
             atoms = molecule(qm9, i)
             atoms.calc = c

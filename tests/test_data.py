@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.data import targets
+from schnetqm9.data import splits, targets
 from schnetqm9.data.qm9 import QM9
 from schnetqm9.data.targets import HARTREE_TO_EV, TARGETS
 
@@ -80,7 +81,7 @@ def test_molecules_value_by_value(qm9: QM9, gdb: int) -> None:
 def test_atomization_energies_are_total_minus_atomref(qm9: QM9) -> None:
     """Targets 12-15 equal targets 7-10 minus the per-element reference energies (PyG's atomref), summed."""
     mols = torch.arange(0, len(qm9), 997)
-    b = qm9_data.Batcher(qm9)(mols)
+    b = batching.Batcher(qm9)(mols)
     for k, name in enumerate(["U0", "U", "H", "G"]):
         ref = targets.atomref(name)
         assert ref.shape == (100, 1)
@@ -119,7 +120,7 @@ def test_normalisation_comes_from_the_given_molecules_and_matches_its_definition
     """Each target's standardisation: U0 per atom after the free atoms' energies, gap per molecule, r2 per unit of
     squared distance from the centre of mass; loss scales are the spreads of what the network must learn."""
     train = torch.arange(0, 5000, 3)
-    b = qm9_data.Batcher(qm9)(train)
+    b = batching.Batcher(qm9)(train)
     names = ["U0", "gap", "r2", "mu"]
     specs = [targets.TARGETS[n] for n in names]
     outputs = targets.readouts(specs)
@@ -143,7 +144,7 @@ def test_normalisation_comes_from_the_given_molecules_and_matches_its_definition
         0, b.batch, (b.pos.double() - com[b.batch]).square().sum(1))
     assert norm["mean"][2] == pytest.approx(float((y[:, 2].double() / spread).mean()), rel=1e-9)
     assert norm["std"][2] == pytest.approx(float((y[:, 2].double() / spread).std()), rel=1e-9)
-    first = qm9_data.Batcher(qm9)(train[:50])
+    first = batching.Batcher(qm9)(train[:50])
     other = targets.normalisation(outputs, refs, first.z, first.pos, first.batch, first.y[:, [7, 4, 5, 0]])
     assert other["mean"][1] != norm["mean"][1]  # it depends on the molecules it is given, nothing else
 
@@ -184,12 +185,12 @@ def test_stale_cache_is_rebuilt(qm9: QM9, tmp_path) -> None:
 
 def test_splits() -> None:
     n = 130_831
-    a, b = qm9_data.split_indices(n, seed=7), qm9_data.split_indices(n, seed=7)
+    a, b = splits.split_indices(n, seed=7), splits.split_indices(n, seed=7)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [len(a[k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
-    c = qm9_data.split_indices(n, seed=8)
+    c = splits.split_indices(n, seed=8)
     assert not torch.equal(a["train"], c["train"])
-    sub = qm9_data.split_indices(n, subset_size=10_000, seed=7)
+    sub = splits.split_indices(n, subset_size=10_000, seed=7)
     assert [len(sub[k]) for k in ("train", "val", "test")] == [8_000, 1_000, 1_000]
     for s in (a, sub):
         everything = torch.cat(list(s.values()))
@@ -197,21 +198,21 @@ def test_splits() -> None:
         assert int(everything.min()) >= 0 and int(everything.max()) < n
     for bad in (0, -5, n + 1):
         with pytest.raises(ValueError, match="subset size"):
-            qm9_data.split_indices(n, subset_size=bad)
+            splits.split_indices(n, subset_size=bad)
     with pytest.raises(ValueError, match="too small"):
-        qm9_data.split_indices(n, subset_size=5)
+        splits.split_indices(n, subset_size=5)
 
 
 def test_split_roundtrip(tmp_path) -> None:
-    s = qm9_data.split_indices(1000, seed=3)
-    qm9_data.save_split(s, tmp_path / "split.json", seed=3)
-    t = qm9_data.load_split(tmp_path / "split.json")
+    s = splits.split_indices(1000, seed=3)
+    splits.save_split(s, tmp_path / "split.json", seed=3)
+    t = splits.load_split(tmp_path / "split.json")
     assert all(torch.equal(s[k], t[k]) for k in s)
 
 
 def test_batcher_matches_data_objects(qm9: QM9) -> None:
     mols = torch.tensor([5, 0, 130_830, 42])
-    b = qm9_data.Batcher(qm9)(mols)
+    b = batching.Batcher(qm9)(mols)
     for k, m in enumerate(mols.tolist()):
         d = qm9[m]
         assert torch.equal(b.z[b.batch == k], d.z) and torch.equal(b.pos[b.batch == k], d.pos)

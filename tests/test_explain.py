@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from schnetqm9.model import checkpoint
+from schnet_model import SchNet
 from schnetqm9.inference import explain
 from schnetqm9.inference import predictions as predict
-from schnet_model import SchNet
+from schnetqm9.model import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

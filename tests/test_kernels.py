@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from schnetqm9.model import kernels as cpu_kernels
 from schnet_model import SchNet
+from schnetqm9.model import kernels as cpu_kernels
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="the C++ kernels did not build on this machine")
 

@@ -15,7 +15,7 @@ import pytest
 from ase import Atoms
 
 from schnetqm9.data.targets import TARGETS
-from schnetqm9.potential import displace, labelling
+from schnetqm9.potential import displace
 from schnetqm9.potential.qm import METHODS, LabelError, check_molecule, compute
 
 REPO = Path(__file__).resolve().parents[1]

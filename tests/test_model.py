@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.data import targets
-from schnetqm9.data.qm9 import Batcher, QM9
 from schnet_model import FULL_CONFIG, LITE_CONFIG, SchNet
+from schnetqm9.data import batch as batching
+from schnetqm9.data import targets
+from schnetqm9.data.batch import Batcher
+from schnetqm9.data.qm9 import QM9
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden_channels=32, num_filters=24, num_interactions=3, num_gaussians=16, cutoff=5.0)
 
 
 @pytest.fixture(scope="module")
-def batch(qm9: QM9) -> qm9_data.Batch:
+def batch(qm9: QM9) -> batching.Batch:
     g = torch.Generator().manual_seed(1)
     return Batcher(qm9)(torch.randint(len(qm9), (12,), generator=g))
 

@@ -16,15 +16,15 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from schnetqm9.model import checkpoint as ckpt_io
-from schnetqm9.inference import predictions as predict
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.data import structure_file
-from schnetqm9.data import targets
-from schnetqm9.model import transfer
-from schnetqm9.cli import UserError
 from schnet_model import FULL_CONFIG, SchNet
-from schnet_model import predict as predict_batches
+from schnetqm9.cli import UserError
+from schnetqm9.data import batch as batching
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import splits, structure_file, targets
+from schnetqm9.inference import predictions as predict
+from schnetqm9.model import checkpoint as ckpt_io
+from schnetqm9.model import transfer
+from schnetqm9.model.evaluation import batched_outputs
 
 
 def molecules(qm9, indices: list[int], energy: bool = True) -> list[ase.Atoms]:
@@ -116,7 +116,7 @@ def test_fitted_references_recover_per_element_constants(qm9) -> None:
     the fit leaves a residual, the part the network must learn, smaller than a subtraction of the free-atom
     energies does (the fit also absorbs each element's mean share of the atomisation energy)."""
     idx = torch.arange(0, 130_000, 13)
-    b = qm9_data.Batcher(qm9)(idx)
+    b = batching.Batcher(qm9)(idx)
     consts = torch.zeros(100)
     consts[[1, 6, 7, 8, 9]] = torch.tensor([-1.5, -20.0, 7.0, 3.25, -0.5])
     y = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, b.batch, consts[b.z].double())
@@ -168,7 +168,7 @@ def test_training_on_a_file_writes_what_a_qm9_run_writes_and_predict_reads_it(la
     rows = predict.main(["--checkpoint", str(tmp_path / "ck" / "best_model_lite.pth"), "--device", "cpu",
                          str(tmp_path / "three.xyz")])
     data = structure_file.LabelledStructures(labelled_file, ["energy", "gap"], progress=False)
-    expected = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(data), torch.tensor(test), 8)
+    expected = batched_outputs(ckpt_io.build_model(ckpt), batching.Batcher(data), torch.tensor(test), 8)
     np.testing.assert_allclose([[r["energy"], r["gap"]] for r in rows], expected.numpy(), rtol=1e-5, atol=1e-3)
 
 
@@ -190,9 +190,9 @@ def test_init_from_copies_the_representation_and_matching_outputs(qm9) -> None:
     assert record["outputs_copied"] == ["U0"] and record["elements"] == [1, 6, 7, 8, 9]
     torch.testing.assert_close(model.atom_embedding.weight[16], fresh)
     idx = torch.arange(120_000, 120_064)
-    batcher = qm9_data.Batcher(qm9)
-    ours = predict_batches(model.eval(), batcher, idx, 64)
-    theirs = predict_batches(ckpt_io.build_model(src), batcher, idx, 64)[:, 0]
+    batcher = batching.Batcher(qm9)
+    ours = batched_outputs(model.eval(), batcher, idx, 64)
+    theirs = batched_outputs(ckpt_io.build_model(src), batcher, idx, 64)[:, 0]
     torch.testing.assert_close(ours[:, 0], theirs, rtol=0, atol=1e-3)
     assert not torch.allclose(ours[:, 1], theirs, atol=1.0)
 
@@ -237,16 +237,16 @@ def test_bad_runs_stop_with_one_line(labelled_file: Path, qm9, tmp_path) -> None
 def test_learning_curve_points_share_validation_and_test_and_nest_their_training_sets(tmp_path) -> None:
     from schnetqm9.analysis import learning_curve
 
-    standard = qm9_data.split_indices(qm9_data.NUM_MOLECULES)
-    splits = {}
+    standard = splits.standard_split()
+    made = {}
     for n in (100, 300):
         learning_curve.write_split(n, tmp_path / f"{n}.json")
-        splits[n] = qm9_data.load_split(tmp_path / f"{n}.json", qm9_data.NUM_MOLECULES)
-    assert len(splits[100]["train"]) == 100 and len(splits[300]["train"]) == 300
-    assert set(splits[100]["train"].tolist()) < set(splits[300]["train"].tolist()) < set(standard["train"].tolist())
+        made[n] = splits.load_split(tmp_path / f"{n}.json", qm9_data.NUM_MOLECULES)
+    assert len(made[100]["train"]) == 100 and len(made[300]["train"]) == 300
+    assert set(made[100]["train"].tolist()) < set(made[300]["train"].tolist()) < set(standard["train"].tolist())
     for n in (100, 300):
-        torch.testing.assert_close(splits[n]["val"], standard["val"][:1000])
-        torch.testing.assert_close(splits[n]["test"], standard["test"])  # the shipped models' test molecules
+        torch.testing.assert_close(made[n]["val"], standard["val"][:1000])
+        torch.testing.assert_close(made[n]["test"], standard["test"])  # the shipped models' test molecules
     assert [learning_curve.budget_epochs(n) for n in (100, 300, 1000, 3000, 10_000)] == [125, 50, 50, 32, 10]
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from schnetqm9.potential import losses as potential
-from schnetqm9.data import qm9 as qm9_data
 from schnet_model import SchNet
+from schnetqm9.data import batch as batching
+from schnetqm9.potential import losses as potential
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_zero_force_term_drives_the_forces_at_the_geometries_down(qm9) -> None:
     torch.manual_seed(0)
     model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
                    mean=-4.0, std=0.2, atomref=torch.zeros(100, 1))
-    batcher = qm9_data.Batcher(qm9)
+    batcher = batching.Batcher(qm9)
     mols = torch.arange(8)
     b = batcher(mols)
     terms = potential.PotentialLoss(0, 1.0, force_weight=1.0, prior_weight=0.0, noise=0.05, seed=0)
@@ -147,7 +147,7 @@ def test_preconditioned_zero_force_term_is_the_squared_force_through_each_molecu
     torch.manual_seed(0)
     model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
                    mean=-4.0, std=0.2, atomref=torch.zeros(100, 1)).double()
-    b = qm9_data.Batcher(qm9)(torch.tensor([321, 7]))
+    b = batching.Batcher(qm9)(torch.tensor([321, 7]))
     pos = b.pos.double().requires_grad_(True)
     energy = model(b.z, pos, b.batch)[:, 0]
     f = potential.forces(energy, pos).detach().numpy()  # the graph kept for the two losses below
@@ -180,7 +180,7 @@ def test_thermal_displacements_hold_e_over_2_in_every_mode_and_reach_the_prior(q
     torch.manual_seed(0)
     model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
                    mean=-4.0, std=0.2, atomref=torch.zeros(100, 1))
-    b = qm9_data.Batcher(qm9)(torch.tensor([321, 7]))
+    b = batching.Batcher(qm9)(torch.tensor([321, 7]))
     terms = potential.PotentialLoss(0, 1.0, 0.0, 1.0, 0.05, 0, stiffness=1.0, thermal=0.025)
     values = []
     for _ in range(2):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from schnetqm9.model import checkpoint as ckpt_io
-from schnetqm9.inference import domain
-from schnetqm9.inference import predictions as predict
-from schnetqm9.data import qm9 as qm9_data
-from schnet_model import predict as predict_batches
+from schnetqm9.data import batch as batching
+from schnetqm9.data import geometry, splits
 from schnetqm9.data.targets import STANDARD, TARGETS
+from schnetqm9.inference import predictions as predict
+from schnetqm9.model import checkpoint as ckpt_io
+from schnetqm9.model.evaluation import batched_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_same_prediction_as_training_evaluation(checkpoint: Path, qm9, tmp_path: Path) -> None:
     ckpt = torch.load(checkpoint, weights_only=True)
     test = ckpt["split"]["test"][:5]
-    expected = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(qm9), test, 64)[:, 0].numpy()
+    expected = batched_outputs(ckpt_io.build_model(ckpt), batching.Batcher(qm9), test, 64)[:, 0].numpy()
     files = []
     for k, i in enumerate(test.tolist()):
         ase.io.write(tmp_path / f"m{k}.xyz", atoms_of(qm9, i))
@@ -143,7 +143,7 @@ def test_atoms_closer_than_half_an_angstrom_are_flagged(checkpoint: Path, qm9, t
     rows = predict.main(["--checkpoint", str(checkpoint), "--device", "cpu", str(tmp_path / "two.extxyz")])
     assert rows[0]["note"] == ""
     assert "atoms 2 and 4 only 0.30 A apart" in rows[1]["note"] and "broken geometry" in rows[1]["note"]
-    assert domain.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
+    assert geometry.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
 
 
 @pytest.mark.parametrize("name", ["gap", "U0", "all", "U0_potential"])
@@ -155,7 +155,7 @@ def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
     raw = torch.load(path, weights_only=True)
     assert path.stat().st_size < 8e6 and "optimizer" not in raw and raw["subset_size"] is None
     assert [len(raw["split"][k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
-    torch.testing.assert_close(raw["split"]["test"], qm9_data.split_indices(len(qm9), None, seed=raw["seed"])["test"])
+    torch.testing.assert_close(raw["split"]["test"], splits.split_indices(len(qm9), None, seed=raw["seed"])["test"])
     assert raw["command"].startswith(f"python train.py --target {name}")
     assert raw["epochs_done"] > 0 and 0 < raw["minutes"] <= budget
     ckpt = ckpt_io.load(path)
@@ -165,7 +165,7 @@ def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
     recorded = ckpt_io.test_mae(ckpt)
     assert list(recorded) == names
     test = ckpt["split"]["test"]
-    pred = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(qm9), test, 512)  # [M, K]
+    pred = batched_outputs(ckpt_io.build_model(ckpt), batching.Batcher(qm9), test, 512)  # [M, K]
     true = qm9.y[test][:, [t["column"] for t in ckpt["targets"]]]
     mae = (pred.double() - true.double()).abs().mean(0)
     assert mae.tolist() == pytest.approx(list(recorded.values()), rel=1e-4)
@@ -228,7 +228,7 @@ def test_a_multi_target_checkpoint_prints_every_property(multi_checkpoint: Path,
     target; the values are the model's outputs; --target picks one; --per-atom terms add up for every output."""
     ckpt = torch.load(multi_checkpoint, weights_only=True)
     test = ckpt["split"]["test"][:3]
-    expected = predict_batches(ckpt_io.build_model(ckpt), qm9_data.Batcher(qm9), test, 64).numpy()  # [3, 12]
+    expected = batched_outputs(ckpt_io.build_model(ckpt), batching.Batcher(qm9), test, 64).numpy()  # [3, 12]
     for k, i in enumerate(test.tolist()):
         ase.io.write(tmp_path / f"m{k}.xyz", atoms_of(qm9, i))
     files = [f"m{k}.xyz" for k in range(3)]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from schnetqm9.data import batch as batching
+from schnetqm9.data.batch import Batcher
+from schnetqm9.data.qm9 import QM9
+from schnetqm9.model import graph
 from schnetqm9.model import kernels as cpu_kernels
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.data.qm9 import Batcher, QM9, radius_graph
+from schnetqm9.model.graph import radius_graph
 
 
 def brute_force(pos: torch.Tensor, r: float, batch: torch.Tensor) -> set[tuple[int, int]]:
@@ -29,7 +32,7 @@ def both_directions(pairs: torch.Tensor) -> set[tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def batches(qm9: QM9) -> list[qm9_data.Batch]:
+def batches(qm9: QM9) -> list[batching.Batch]:
     g = torch.Generator().manual_seed(0)
     batcher = Batcher(qm9)
     return [batcher(torch.randint(len(qm9), (n,), generator=g)) for n in (1, 7, 64)]
@@ -68,10 +71,10 @@ def test_the_fallback_is_announced_once_and_torch_cluster_not_at_all(monkeypatch
     import warnings
 
     pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0]])
-    cases = [(None, 1)] + ([(qm9_data._torch_cluster, 0)] if qm9_data._torch_cluster is not None else [])
+    cases = [(None, 1)] + ([(graph._torch_cluster, 0)] if graph._torch_cluster is not None else [])
     for backend, expected in cases:
-        monkeypatch.setattr(qm9_data, "_torch_cluster", backend)
-        monkeypatch.setattr(qm9_data, "_backend_announced", False)
+        monkeypatch.setattr(graph, "_torch_cluster", backend)
+        monkeypatch.setattr(graph, "_backend_announced", False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for _ in range(3):
@@ -82,7 +85,7 @@ def test_the_fallback_is_announced_once_and_torch_cluster_not_at_all(monkeypatch
 @pytest.mark.parametrize("r", [1.2, 5.0, 10.0])
 def test_torch_cluster_agrees(batches, r: float) -> None:
     pytest.importorskip("torch_cluster")
-    assert qm9_data.RADIUS_BACKEND == "torch_cluster"
+    assert graph.RADIUS_BACKEND == "torch_cluster"
     for b in batches:
         assert edge_set(radius_graph(b.pos, r, b.batch)) == brute_force(b.pos, r, b.batch)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import ase
-import numpy as np
 import pytest
 import torch
 
-from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import batch as batching
+from schnetqm9.model import graph
 from schnetqm9.potential import repulsion
 from schnetqm9.potential.calculator import SchNetCalculator
 
@@ -19,9 +19,9 @@ def test_qm9s_shortest_distance_is_beyond_the_switch(qm9) -> None:
     exactly zero to every QM9 geometry (and to none of the training data)."""
     shortest = math.inf
     for chunk in torch.arange(len(qm9)).split(4096):
-        b = qm9_data.Batcher(qm9)(chunk)
+        b = batching.Batcher(qm9)(chunk)
         pos = b.pos.double()
-        j, i = qm9_data.radius_graph(pos, 1.2, b.batch)
+        j, i = graph.radius_graph(pos, 1.2, b.batch)
         shortest = min(shortest, float((pos[i] - pos[j]).norm(dim=-1).min()))
         assert float(repulsion.energy(b.z, pos, b.batch).abs().max()) == 0.0
     assert shortest == pytest.approx(repulsion.SHORTEST_QM9, abs=1e-4)

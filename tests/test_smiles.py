@@ -12,9 +12,8 @@ import ase.io
 import numpy as np
 import pytest
 
-from schnetqm9.inference import domain
+from schnetqm9.inference import domain, smiles
 from schnetqm9.inference import predictions as predict
-from schnetqm9.inference import smiles
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-
-from schnetqm9.model import checkpoint
-from schnetqm9.training import optim
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.training import loop as train
-from schnet_model import predict
 from conftest import wait_for_mid_epoch_state
+
+from schnetqm9.data import batch as batching
+from schnetqm9.data import splits
+from schnetqm9.model import checkpoint
+from schnetqm9.model.evaluation import batched_outputs
+from schnetqm9.training import loop as train
+from schnetqm9.training import optim
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--subset-size", "300", "--epochs", "2", "--tsne-samples", "25", "--device", "cpu"]
@@ -56,7 +57,7 @@ def test_lite_run_writes_figures_metrics_and_checkpoint(lite_run: Path) -> None:
     history = (results / "history_lite.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,val_score,val_score_raw,kept,train_mae_gap,val_mae_gap,"
                                   "val_mae_raw_gap,val_rmse_gap,lr") and len(history) == 3
-    split = qm9_data.load_split(results / "split_lite.json")
+    split = splits.load_split(results / "split_lite.json")
     assert [len(split[k]) for k in ("train", "val", "test")] == [240, 30, 30]
     assert not list(results.glob(".*tmp*")) and not list((lite_run / "checkpoints").glob(".*tmp*"))
 
@@ -66,7 +67,7 @@ def test_checkpoint_reproduces_reported_test_mae(lite_run: Path, qm9) -> None:
     assert ckpt["target"] == "gap" and ckpt["targets"] == [dict(name="gap", unit="eV", column=4, output="mean")]
     model = checkpoint.build_model(ckpt)  # constructor arguments and normalisation come from the file
     test = ckpt["split"]["test"]
-    pred = predict(model, qm9_data.Batcher(qm9), test, 64)
+    pred = batched_outputs(model, batching.Batcher(qm9), test, 64)
     assert pred.shape == (len(test), 1)
     mae = float((pred[:, 0] - qm9.y[test, 4]).abs().mean())
     reported = json.loads((lite_run / "results" / "metrics_lite.json").read_text())["test"]["gap"]["mae"]
@@ -180,7 +181,7 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
     weights after 5 clipped steps, and checkpoints of the weights still load into a plain SchNet."""
     from schnet_model import LITE_CONFIG, SchNet
 
-    batches = [qm9_data.Batcher(qm9)(torch.arange(16) + 16 * k) for k in range(5)]
+    batches = [batching.Batcher(qm9)(torch.arange(16) + 16 * k) for k in range(5)]
     models = []
     for flat in (True, False):
         torch.manual_seed(0)
@@ -248,7 +249,7 @@ def test_the_kept_weights_are_the_better_of_average_and_raw(lite_run: Path, qm9)
             other = state["ema"][f"module.{k}"] if best["weights"] == "average" else state["state_dict"][k]
             torch.testing.assert_close(v, other)
     val = best["split"]["val"]
-    pred = predict(checkpoint.build_model(best), qm9_data.Batcher(qm9), val, 64)[:, 0]
+    pred = batched_outputs(checkpoint.build_model(best), batching.Batcher(qm9), val, 64)[:, 0]
     mae = best["metrics"]["val"]["gap"]["mae"]
     assert float((pred - qm9.y[val, 4]).abs().mean()) == pytest.approx(mae, rel=1e-4)
     column = "val_mae_gap" if best["weights"] == "average" else "val_mae_raw_gap"
@@ -307,7 +308,7 @@ def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkey
     spikes = [line for line in out.splitlines() if line.startswith("loss spike")]
     assert len(spikes) == 1 and "epoch 2" in spikes[0] and "learning rate now 0.5 x the schedule" in spikes[0]
     assert metrics["spikes"] == 1 and len(calls) == 150
-    split = qm9_data.split_indices(len(qm9), 1000, seed=0)
+    split = splits.split_indices(len(qm9), 1000, seed=0)
     baseline = float((qm9.y[split["test"], 4] - qm9.y[split["train"], 4].mean()).abs().mean())
     assert math.isfinite(metrics["test"]["gap"]["mae"]) and metrics["test"]["gap"]["mae"] < 0.8 * baseline
 

@@ -5,16 +5,16 @@ and with the pure-PyTorch path, in 3 alternating rounds of 10 steps (the figure 
     OMP_NUM_THREADS=1 python -m experiments.potential.force_step_bench
 """
 import time
-from pathlib import Path
 
 import torch
 
-from schnetqm9.model import kernels as cpu_kernels
-from schnetqm9.data import qm9 as qm9_data
 from schnet_model import FULL_CONFIG, SchNet
+from schnetqm9.data import batch as batching
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.model import kernels as cpu_kernels
 
 torch.manual_seed(0)
-q = qm9_data.QM9("data", progress=False); bat = qm9_data.Batcher(q)
+q = qm9_data.QM9("data", progress=False); bat = batching.Batcher(q)
 model = SchNet(**FULL_CONFIG)
 opt = torch.optim.Adam(model.parameters(), 1e-4)
 batches = [bat(torch.randint(0, len(q), (32,))) for _ in range(10)]

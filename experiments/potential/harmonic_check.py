@@ -29,11 +29,11 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from tqdm import tqdm
 
-from schnetqm9.potential import calculator as ase_calculator
-from schnetqm9.potential import losses as potential
-from schnetqm9.potential import check as potential_check
-from schnetqm9.data import qm9 as qm9_data
 from experiments.potential.mode_check import BANDS
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.potential import check as potential_check
+from schnetqm9.potential import losses as potential
 
 # measured profiles per band (mode_check.py, 30 molecules): model / MMFF curvature, and RMS residual force per mode
 # at x_0 in eV/A; e: the 4-epoch potential (shipped until 2026-12-03), g: the 12-epoch one (shipped since)

@@ -12,14 +12,14 @@ highest are compared, sorted, with DFT's. A DFT geometry is not MMFF's minimum, 
 negative; the count of modes below -50 cm^-1 is reported.
 """
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from schnetqm9.potential import losses as potential
 from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import splits
+from schnetqm9.potential import losses as potential
 
 WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
 
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     qm9 = qm9_data.QM9("data", progress=False)
-    test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
+    test = splits.standard_split()["test"]
     chosen = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.molecules]]
     wanted = {int(qm9.gdb[i]) for i in chosen}
     freqs = {}

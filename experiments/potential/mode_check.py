@@ -27,12 +27,12 @@ import numpy as np
 from ase import Atoms
 from ase.build import minimize_rotation_and_translation
 
-from schnetqm9.potential import calculator as ase_calculator
-from schnetqm9.model import checkpoint
-from schnetqm9.potential import losses as potential
-from schnetqm9.potential import check as potential_check
-from schnetqm9.data import qm9 as qm9_data
 from experiments.potential.saddle_check import hessian
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.model import checkpoint
+from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.potential import check as potential_check
+from schnetqm9.potential import losses as potential
 
 BANDS = ((-np.inf, 0.1), (0.1, 1.0), (1.0, 10.0), (10.0, np.inf))  # eV/A^2; the first holds MMFF's negative ones
 NAMES = ("< 0.1 (torsions, rotors)", "0.1 - 1 (bends, soft torsions)", "1 - 10 (bends)", ">= 10 (stretches)")

@@ -8,19 +8,19 @@ rounds of 10 steps, the best round kept:
     OMP_NUM_THREADS=1 python -m experiments.potential.potential_step_bench
 """
 import time
-from pathlib import Path
 
 import torch
 
-from schnetqm9.potential import losses as potential
+from schnet_model import FULL_CONFIG, SchNet
+from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.potential import losses as potential
 from schnetqm9.training import loop as train
 from schnetqm9.training.optim import FlatAdam
-from schnet_model import FULL_CONFIG, SchNet
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False)
-bat = qm9_data.Batcher(q)
+bat = batching.Batcher(q)
 model = SchNet(**FULL_CONFIG)
 opt = FlatAdam(model, lr=1e-5)
 batches = [bat(torch.randint(0, len(q), (32,))) for _ in range(10)]

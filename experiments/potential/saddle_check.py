@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.potential import calculator as ase_calculator
 from schnetqm9.potential import check as potential_check
-from schnetqm9.data import qm9 as qm9_data
 
 
 def hessian(atoms: Atoms, h: float = 1e-3) -> np.ndarray:

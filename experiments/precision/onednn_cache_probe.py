@@ -9,20 +9,20 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = sys.argv[1] if len(sys.argv) > 1 else "32"
 
 import torch
 
+from schnet_model import FULL_CONFIG, SchNet
+from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.training import loop as train
 from schnetqm9.training.optim import FlatAdam
-from schnet_model import FULL_CONFIG, SchNet
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False)
-bat = qm9_data.Batcher(q)
+bat = batching.Batcher(q)
 model = SchNet(**FULL_CONFIG)
 opt = FlatAdam(model, 1e-4)
 column, scale, one = torch.tensor([4]), torch.ones(1), torch.ones(1)

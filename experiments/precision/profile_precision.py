@@ -7,24 +7,25 @@ precisions, after 2 warm-up steps): the matrix products' share of the step, thei
 the largest operators; then two of the step's product shapes alone, 20 times each.
 """
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from schnetqm9.training import optim
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.training import loop as train
 from schnet_model import FULL_CONFIG, SchNet
+from schnetqm9.data import batch as batching
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import splits
+from schnetqm9.training import loop as train
+from schnetqm9.training import optim
 
 
 def main() -> None:
     torch.manual_seed(0)
     qm9 = qm9_data.QM9("data", progress=False)
-    batcher = qm9_data.Batcher(qm9)
+    batcher = batching.Batcher(qm9)
     model = SchNet(**FULL_CONFIG, readout="mean", mean=6.8, std=1.3)
     optimizer = optim.FlatAdam(model, 1e-4)
-    train_idx = qm9_data.split_indices(len(qm9))["train"]
+    train_idx = splits.standard_split()["train"]
     batches = [batcher(train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(k))[:32]])
                for k in range(8)]
     args = (torch.tensor([4]), torch.tensor([1.3]), torch.ones(1))

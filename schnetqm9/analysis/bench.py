@@ -6,7 +6,7 @@
 For each configuration both pipelines train the same architecture on the same QM9 training molecules, in the same
 order, with the same batch size, optimiser (Adam), loss (MSE on the standardised target) and gradient clipping:
 
-  ours       schnet_model.SchNet fed by qm9_data.Batcher (batches cut from flat tensors on the device), the
+  ours       schnet_model.SchNet fed by batching.Batcher (batches cut from flat tensors on the device), the
              training step and optimiser of train.py;
   reference  torch_geometric.nn.models.SchNet fed by torch_geometric.loader.DataLoader over Data objects, given
              our radius graph as its interaction_graph (PyG 2.8's own needs pyg-lib).
@@ -36,8 +36,8 @@ TARGET = 4  # gap; the target does not change the cost
 
 
 def _default_config() -> tuple[dict, int]:
-    from schnetqm9.training import loop as train
     from schnet_model import FULL_CONFIG
+    from schnetqm9.training import loop as train
 
     return dict(FULL_CONFIG), train.FULL_DEFAULTS["batch_size"]
 
@@ -50,16 +50,17 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
     import torch
 
     torch.set_num_threads(threads)
-    from schnetqm9.training import optim
+    from schnetqm9.data import batch as batching
     from schnetqm9.data import qm9 as qm9_data
-    from schnetqm9.data import targets
+    from schnetqm9.data import splits, targets
     from schnetqm9.training import loop as train
+    from schnetqm9.training import optim
 
     device = torch.device(device_name)
     mixed = "bf16" if pipeline.endswith("_bf16") else "fp32"
     pipeline = pipeline.removesuffix("_bf16")
     data = qm9_data.QM9(data_dir, progress=False)
-    train_idx = qm9_data.split_indices(len(data), seed=0)["train"]
+    train_idx = splits.split_indices(len(data), seed=0)["train"]
     g = torch.Generator().manual_seed(0)
     order = train_idx[torch.randperm(len(train_idx), generator=g)][: num_steps * batch_size]
     y = data.y[train_idx, TARGET]
@@ -81,7 +82,7 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
             from schnetqm9.data.structure_file import LabelledStructures
 
             source, columns = LabelledStructures(data_file, ["gap"], progress=False), torch.tensor([0], device=device)
-        batcher = qm9_data.Batcher(source, device)
+        batcher = batching.Batcher(source, device)
         batches = iter(order.split(batch_size))
         scale = source.y[train_idx][:, columns.cpu()].std(0).to(device)
         weights = torch.ones(len(names), device=device)
@@ -189,8 +190,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "steps // rounds")
     if warmup < 0:
         sys.exit(f"error: --warmup must be non-negative, got {warmup}")
-    from schnetqm9.model import kernels as cpu_kernels
+    from schnetqm9 import files
     from schnetqm9.data import qm9 as qm9_data
+    from schnetqm9.model import graph
+    from schnetqm9.model import kernels as cpu_kernels
 
     qm9_data.QM9(args.data_dir)  # build the cache and the kernels once, before the measuring processes start
     if args.data:
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
     block = steps // args.rounds
     print(f"bench: {hardware} | torch {torch.__version__} | ours: {kernels} | reference radius graph: "
-          f"{qm9_data.RADIUS_BACKEND} | {warmup} warm-up steps, then {args.rounds} alternating blocks of {block} "
+          f"{graph.RADIUS_BACKEND} | {warmup} warm-up steps, then {args.rounds} alternating blocks of {block} "
           f"timed steps per pipeline")
     ctx = mp.get_context("spawn")
     rows = []
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['reference_mol_s']:,.0f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
               f"{r['ours_peak_mb']:,.0f} | {r['reference_peak_mb']:,.0f} |")
     if args.json:
-        with qm9_data.atomic_write(args.json) as tmp:
+        with files.atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from schnetqm9.model import checkpoint
-from schnetqm9.inference import predictions as predict
-from schnetqm9.data import qm9 as qm9_data
+from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
-from schnetqm9.inference.molecules import Molecule, from_smiles
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import splits
 from schnetqm9.data.targets import TARGETS
+from schnetqm9.inference import predictions as predict
+from schnetqm9.inference.molecules import Molecule, from_smiles
+from schnetqm9.model import checkpoint
 
 
 def shipped_columns() -> list[tuple[str, Path]]:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError("--molecules must be positive")
         qm9 = qm9_data.QM9(args.data_dir)
         smiles = qm9_data.read_smiles()
-        test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
+        test = splits.standard_split()["test"]
         chosen = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.molecules]]
         dft, second, kept, failed = [], [], [], []  # second: the RDKit (or relaxed DFT) geometry
         if args.start == "dft" and not args.relax:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                   relax_rmsd_median=float(np.median(moved)) if moved else None,
                   relax_checkpoint=str(relaxer) if args.relax else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with qm9_data.atomic_write(args.output) as tmp:
+    with files.atomic_write(args.output) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
 

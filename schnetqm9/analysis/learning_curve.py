@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.model import transfer
+from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
+from schnetqm9.data import splits
+from schnetqm9.model import transfer
 
 REPO = Path(__file__).resolve().parents[2]
 VAL_SIZE = 1000
@@ -44,10 +45,10 @@ def budget_epochs(n: int) -> int:
 
 
 def write_split(n: int, path: Path, seed: int = 0) -> None:
-    standard = qm9_data.split_indices(qm9_data.NUM_MOLECULES)
+    standard = splits.standard_split()
     g = torch.Generator().manual_seed(seed)
     train = standard["train"][torch.randperm(len(standard["train"]), generator=g)[:n]].sort().values
-    qm9_data.save_split(dict(train=train, val=standard["val"][:VAL_SIZE], test=standard["test"]), path, seed=seed,
+    splits.save_split(dict(train=train, val=standard["val"][:VAL_SIZE], test=standard["test"]), path, seed=seed,
                         subset_size=None, rule=f"first {n} of a seed-{seed} permutation of the standard training split")
 
 
@@ -81,7 +82,7 @@ def run_point(target: str, n: int, arm: str, args: argparse.Namespace, out: Path
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    with qm9_data.atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+    with files.atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -1,9 +1,10 @@
-"""QM9 from the `qm9pack` CSV release, in PyTorch Geometric's layout and units, plus radius graphs and splits.
+"""QM9 from the `qm9pack` CSV release, in PyTorch Geometric's layout and units: parsed once, cached, served as PyG
+`Data` objects or as flat tensors.
 
-Data flows one way through this module::
+Data flows one way through the data room::
 
-    qm9pack CSVs --parse once--> flat tensors cached in data/qm9_v1.pt --> QM9 (Data objects, or flat tensors)
-                                                                       --> split_indices --> Batcher --> (z, pos, batch, y)
+    qm9pack CSVs --parse once--> flat tensors cached in data/qm9_v1.pt --> QM9 (this module)
+                                 --> splits.split_indices --> batch.Batcher --> (z, pos, batch, y)
 
 The 130,831 molecules are the QM9 release without the 3,054 molecules that failed the authors' geometry
 consistency check, which is exactly the set `torch_geometric.datasets.QM9` holds. `y` has PyG's 19 columns in
@@ -15,16 +16,10 @@ operations on these tensors, on the CPU or on the GPU, with no per-molecule Pyth
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +27,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from schnetqm9.model import kernels as cpu_kernels
 from schnetqm9.data.targets import ATOM_ENERGY_TABLE, HARTREE_TO_EV, TARGETS
+from schnetqm9.files import atomic_write
 
 NUM_MOLECULES = 130_831
-MAX_ATOMS = 29  # the largest QM9 molecule
 CACHE_FORMAT = 1  # bump when the cached tensors change meaning
 
 # qm9pack column -> (column of y, factor to PyG's unit). Columns 12-15 are derived from 7-10 below.
@@ -181,21 +175,6 @@ def _valid(tensors: dict) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path` to write to; on success it is renamed onto `path`, so readers see the
-    old file or the new one, never half of one (also after kill -9). On error the temporary file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tensors(root: str | Path = "data", force_reload: bool = False, progress: bool = True) -> dict[str, Tensor]:
@@ -259,145 +238,3 @@ class QM9(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"QM9({len(self)})"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Splits.
-
-
-def split_sizes(num_molecules: int, subset_size: int | None = None) -> tuple[int, int, int]:
-    """(train, val, test) sizes: x, 80/10/10 on a subset.
-
-    Raises `ValueError` for a subset that is not a positive number no larger than the data set, or too small to
-    put at least one molecule in each part.
-    """
-    n = num_molecules if subset_size is None else int(subset_size)
-    if n <= 0 or n > num_molecules:
-        raise ValueError(f"subset size must be between 10 and {num_molecules} molecules, got {n}")
-    if subset_size is None and n == NUM_MOLECULES:
-        return 110_000, 10_000, n - 120_000
-    n_train, n_val = round(0.8 * n), round(0.1 * n)
-    if n_val < 1 or n - n_train - n_val < 1:
-        raise ValueError(f"subset size {n} is too small to split 80/10/10: use at least 10 molecules")
-    return n_train, n_val, n - n_train - n_val
-
-
-def split_indices(num_molecules: int, subset_size: int | None = None, seed: int = 0) -> dict[str, Tensor]:
-    """A seeded random split of molecule indices: {'train', 'val', 'test'} -> sorted LongTensors, disjoint.
-
-    The first `subset_size` molecules of one seeded permutation form the subset, so a smaller subset's molecules
-    are not a function of the split sizes. Same seed and sizes -> same split, on every machine.
-    """
-    n_train, n_val, n_test = split_sizes(num_molecules, subset_size)
-    perm = torch.randperm(num_molecules, generator=torch.Generator().manual_seed(seed))
-    parts = perm[: n_train + n_val + n_test].split([n_train, n_val, n_test])
-    return {name: part.sort().values for name, part in zip(("train", "val", "test"), parts)}
-
-
-def save_split(split: dict[str, Tensor], path: str | Path, **meta) -> None:
-    """Write a split as JSON (indices into QM9 and whatever metadata, e.g. the seed), atomically."""
-    payload = {**meta, **{k: v.tolist() for k, v in split.items()}}
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(payload))
-
-
-def load_split(path: str | Path, num_molecules: int | None = None) -> dict[str, Tensor]:
-    """A split written by `save_split`; with `num_molecules`, checked to fit a data set of that size (ValueError:
-    indices out of range, sets that overlap or are empty)."""
-    payload = json.loads(Path(path).read_text())
-    split = {k: torch.tensor(payload[k], dtype=torch.long) for k in ("train", "val", "test")}
-    if num_molecules is not None:
-        every = torch.cat(list(split.values()))
-        if not all(len(v) for v in split.values()):
-            raise ValueError("a set of the split is empty")
-        if int(every.min()) < 0 or int(every.max()) >= num_molecules:
-            raise ValueError(f"its indices reach {int(every.max())}, beyond the {num_molecules} structures of the data")
-        if len(every.unique()) != len(every):
-            raise ValueError("its training, validation and test sets overlap")
-    return split
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Radius graphs.
-
-try:
-    import torch_cluster as _torch_cluster
-except Exception:  # not installed, or built against another torch
-    _torch_cluster = None
-
-RADIUS_BACKEND = "torch_cluster" if _torch_cluster is not None else "pytorch"
-_backend_announced = False
-
-
-def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None) -> Tensor:
-    """All ordered pairs (j, i) of distinct atoms in the same molecule with |pos_i - pos_j| <= r.
-
-    The directed graph PyTorch Geometric's SchNet expects (bench.py's reference, tests). Uses torch_cluster when
-    it imports, with its neighbour cap set to the largest molecule so that none is dropped; otherwise both
-    directions of `radius_pairs`.
-
-    Args:
-        pos: [num_atoms, 3] positions.
-        r: cutoff radius, in the unit of `pos`.
-        batch: [num_atoms] molecule of each atom, sorted; None for a single molecule.
-    Returns:
-        edge_index [2, num_edges]: row 0 the neighbour j (source), row 1 the centre i (target).
-    """
-    global _backend_announced
-    if batch is None:
-        batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
-    if _torch_cluster is None and not _backend_announced:  # say once per process that the fallback builds them
-        _backend_announced = True
-        warnings.warn("radius graphs: torch_cluster is not importable, using radius_pairs in both directions",
-                      stacklevel=2)
-    if _torch_cluster is None or pos.is_cuda and not _cluster_has_cuda():
-        pairs = cpu_kernels.radius_pairs(pos, r, batch)
-        return torch.cat([pairs, pairs.flip(0)], dim=1)
-    cap = int(torch.bincount(batch).max()) if pos.numel() else 1
-    return _torch_cluster.radius_graph(pos, r, batch, loop=False, max_num_neighbors=cap)
-
-
-def _cluster_has_cuda() -> bool:
-    return _torch_cluster is not None and bool(getattr(torch.ops.torch_cluster, "cuda_version", lambda: -1)() > 0)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Batches from flat tensors.
-
-
-@dataclass
-class Batch:
-    """A batch of molecules: z [N] long, pos [N, 3], batch [N] (molecule of each atom, 0..B-1), y [B, 19]."""
-
-    z: Tensor
-    pos: Tensor
-    batch: Tensor
-    y: Tensor
-
-    @property
-    def num_graphs(self) -> int:
-        return self.y.size(0)
-
-
-class Batcher:
-    """Assembles batches of QM9 molecules by indexing flat tensors held on one device (the GPU when training on
-    it: the whole of QM9 is ~40 MB). Replaces a DataLoader + per-molecule `Data` collation."""
-
-    def __init__(self, data: QM9, device: torch.device | str = "cpu") -> None:
-        self.z = data.z.to(device)
-        self.pos = data.pos.to(device)
-        self.y = data.y.to(device)
-        self.ptr = data.ptr.to(device)
-        self.num_atoms = data.num_atoms.to(device)
-
-    def __call__(self, mols: Tensor) -> Batch:
-        """mols: [B] molecule indices (on any device) -> Batch on this batcher's device."""
-        mols = mols.to(self.ptr.device)
-        counts = self.num_atoms.index_select(0, mols)  # [B] (index_select: cheaper than [] for these sizes)
-        total = int(counts.sum())
-        batch = torch.repeat_interleave(torch.arange(len(mols), device=mols.device), counts, output_size=total)
-        # atom n of the batch: its molecule's first atom in QM9 + its rank within the molecule
-        start = self.ptr.index_select(0, mols) - (torch.cumsum(counts, 0) - counts)  # [B]
-        atoms = start.index_select(0, batch) + torch.arange(total, device=mols.device)  # [N]
-        return Batch(self.z.index_select(0, atoms), self.pos.index_select(0, atoms), batch,
-                     self.y.index_select(0, mols))

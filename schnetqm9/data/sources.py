@@ -1,7 +1,7 @@
 """What a run trains on: QM9 or the user's own file, as the same flat tensors, its targets, and its split.
 
 Both sources hold z [num_atoms], pos [num_atoms, 3], ptr [M + 1], num_atoms [M] and y [M, columns], which is all
-that qm9_data.Batcher, the training loop and the evaluation read:
+that batching.Batcher, the training loop and the evaluation read:
 
     QM9 (qm9_data.QM9)                   y's 19 columns in PyG's order; the targets come from targets.TARGETS
     a file (structure_file.LabelledStructures)  y's column k is the label --target names k-th; targets.label
@@ -13,6 +13,10 @@ from pathlib import Path
 from torch import Tensor
 
 from schnetqm9.data import qm9 as qm9_data
+
+from schnetqm9.data import batch as batching
+
+from schnetqm9.data import splits
 from schnetqm9.data import targets
 from schnetqm9.cli import UserError
 from schnetqm9.data.qm9 import QM9
@@ -41,14 +45,14 @@ def make_split(data: Source, path: str | None, split_file: str | None, subset_si
     (80/10/10 of `subset_size`), or 80/10/10 of the file's structures (of `subset_size` of them)."""
     if split_file:
         try:
-            return qm9_data.load_split(split_file, len(data))
+            return splits.load_split(split_file, len(data))
         except (OSError, ValueError, KeyError) as err:
             raise UserError(f"--split {split_file}: {err}") from None
     if path is None:
-        return qm9_data.split_indices(len(data), subset_size, seed=seed)
+        return splits.split_indices(len(data), subset_size, seed=seed)
     size = len(data) if subset_size is None else min(subset_size, len(data))
     try:
-        return qm9_data.split_indices(len(data), size, seed=seed)
+        return splits.split_indices(len(data), size, seed=seed)
     except ValueError:
         raise UserError(f"{path} holds {len(data)} structures: at least 10 are needed to split them 80/10/10 into "
                         "training, validation and test sets") from None

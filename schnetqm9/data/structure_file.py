@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from schnetqm9.cli import UserError
-from schnetqm9.data.qm9 import atomic_write
+from schnetqm9.files import atomic_write
 
 CACHE_FORMAT = 1  # bump when the cached tensors change meaning
 MAX_Z = 99  # SchNet's embedding has rows 0-99; row 0 is padding

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schnetqm9.inference import smiles as smiles_3d
 from schnetqm9.cli import UserError
+from schnetqm9.inference import smiles as smiles_3d
 
 
 @dataclass

@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schnetqm9.model import checkpoint
-from schnetqm9.inference import domain
 from schnetqm9 import plots
-from schnetqm9.model import precision
 from schnetqm9.cli import Parser, UserError, resolve_device
-from schnetqm9.inference.molecules import Molecule, read_inputs
-from schnetqm9.data.qm9 import atomic_write
 from schnetqm9.data.targets import STANDARD, target_name
+from schnetqm9.files import atomic_write
+from schnetqm9.inference import domain
+from schnetqm9.inference.molecules import Molecule, read_inputs
+from schnetqm9.model import checkpoint, precision
 
 SHIPPED = checkpoint.SHIPPED
 DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model

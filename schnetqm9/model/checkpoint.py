@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from schnetqm9.cli import UserError
-from schnetqm9.data.qm9 import atomic_write
 from schnet_model import SchNet
+from schnetqm9.cli import UserError
+from schnetqm9.files import atomic_write
 
 CHECKPOINT_FORMAT = "schnet-qm9/1"
 # the full-QM9 models shipped in models/: all twelve properties in one, dedicated gap and U0 models, and U0 trained

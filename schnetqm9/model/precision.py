@@ -84,11 +84,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def prediction_shift(model: torch.nn.Module, batcher, mols: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """|y_bf16 - y_fp32| [M, K] of a model's predictions for molecules `mols` (CPU), by schnet_model.predict."""
-    from schnet_model import predict
+    from schnetqm9.model.evaluation import batched_outputs
 
-    fp32 = predict(model, batcher, mols, batch_size)
+    fp32 = batched_outputs(model, batcher, mols, batch_size)
     with autocast(torch.device("cpu"), "bf16"):
-        bf16 = predict(model, batcher, mols, batch_size)
+        bf16 = batched_outputs(model, batcher, mols, batch_size)
     return (bf16 - fp32).abs()
 
 
@@ -117,20 +117,22 @@ def main() -> None:
     each molecule moves them in each precision (docs/PERFORMANCE.md)."""
     import argparse
 
-    from schnetqm9.model import checkpoint
+    from schnetqm9.data import batch as batching
     from schnetqm9.data import qm9 as qm9_data
+    from schnetqm9.data import splits
+    from schnetqm9.model import checkpoint
 
     p = argparse.ArgumentParser(description="bfloat16 against float32 predictions of every shipped model on the "
                                 "first M molecules of the standard test split")
     p.add_argument("--molecules", type=int, default=1000)
     args = p.parse_args()
     qm9 = qm9_data.QM9("data", progress=False)
-    mols = qm9_data.split_indices(len(qm9))["test"][:args.molecules]
+    mols = splits.standard_split()["test"][:args.molecules]
     print(f"{len(mols)} test molecules, |bf16 - fp32| per target (and over the model's recorded test MAE), "
           f"native bf16 here: {native_bf16(torch.device('cpu'))}")
     for path in checkpoint.SHIPPED.values():
         ckpt = checkpoint.load(path)
-        model, batcher = checkpoint.build_model(ckpt), qm9_data.Batcher(qm9)
+        model, batcher = checkpoint.build_model(ckpt), batching.Batcher(qm9)
         shift = prediction_shift(model, batcher, mols)
         maes = checkpoint.test_mae(ckpt)
         for k, target in enumerate(checkpoint.target_names(ckpt)):

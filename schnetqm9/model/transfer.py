@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from schnetqm9.model import checkpoint
-from schnetqm9.cli import UserError
 from schnet_model import SchNet
+from schnetqm9.cli import UserError
+from schnetqm9.model import checkpoint
 
 FINETUNE_LR = 3e-3  # peak learning rate with --init-from; measured against 1e-4, 3e-4, 1e-3 in docs/TRANSFER.md
 ARCHITECTURE = ("hidden_channels", "num_filters", "num_interactions", "num_gaussians", "cutoff")

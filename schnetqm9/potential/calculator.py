@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from schnetqm9.cli import UserError
 from schnetqm9.model import checkpoint
 from schnetqm9.potential import repulsion
-from schnetqm9.cli import UserError
 
 SHIPPED_U0 = checkpoint.SHIPPED["U0"]
 

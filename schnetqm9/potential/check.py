@@ -26,18 +26,21 @@ import torch
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from schnetqm9.potential import calculator as ase_calculator
-from schnetqm9.model import checkpoint
-from schnetqm9.data import qm9 as qm9_data
+from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
-from schnetqm9.inference.domain import closest_pair
-from schnet_model import predict
+from schnetqm9.data import batch as batching
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import splits
+from schnetqm9.data.geometry import closest_pair
+from schnetqm9.model import checkpoint
+from schnetqm9.model.evaluation import batched_outputs
+from schnetqm9.potential import calculator as ase_calculator
 
 GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_mev=10.0, u0_mae=0.025)
 
 
 def sample(n: int, seed: int) -> list[int]:
-    test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
+    test = splits.standard_split()["test"]
     g = torch.Generator().manual_seed(seed)
     return test[torch.randperm(len(test), generator=g)[:n]].tolist()
 
@@ -134,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
         qm9 = qm9_data.QM9(args.data_dir)
         ckpt = checkpoint.load(args.checkpoint)
-        test = qm9_data.split_indices(qm9_data.NUM_MOLECULES)["test"]
-        pred = predict(checkpoint.build_model(ckpt), qm9_data.Batcher(qm9), test, 512)[:, calc.output]
+        test = splits.standard_split()["test"]
+        pred = batched_outputs(checkpoint.build_model(ckpt), batching.Batcher(qm9), test, 512)[:, calc.output]
         column = ckpt["targets"][calc.output]["column"]
         u0_mae = float((pred.double() - qm9.y[test, column].double()).abs().mean())
         rows = [check_molecule(qm9, i, calc, args.noise, args.seed)
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {**summarise(rows, u0_mae), "repulsion": calc.repulsion}
     print_summary(summary, args.checkpoint)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with qm9_data.atomic_write(args.output) as tmp:
+    with files.atomic_write(args.output) as tmp:
         tmp.write_text(json.dumps(dict(checkpoint=str(args.checkpoint), goals=GOALS, summary=summary, molecules=rows,
                                        args={k: str(v) for k, v in vars(args).items()}), indent=1))
     return summary

@@ -34,8 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from schnetqm9.cli import Parser, UserError
-from schnetqm9.data.qm9 import NUM_MOLECULES, QM9, atomic_write, split_indices
+from schnetqm9.data.qm9 import QM9
+from schnetqm9.data.splits import standard_split
 from schnetqm9.data.targets import TARGETS
+from schnetqm9.files import atomic_write
 from schnetqm9.potential.losses import mmff_modes, mmff_typed, thermal_displacement
 
 K_B = 8.617333262e-5  # eV/K
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         for k in kinds:
             parse_kind(k)
         qm9 = QM9(args.data_dir)
-        part = split_indices(NUM_MOLECULES)[args.split]
+        part = standard_split()[args.split]
         part = part[torch.randperm(len(part), generator=torch.Generator().manual_seed(args.seed))]
         heavy = (qm9.z > 1).long().bincount(torch.repeat_interleave(torch.arange(len(qm9)), qm9.num_atoms),
                                             minlength=len(qm9))

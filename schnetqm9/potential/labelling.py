@@ -27,8 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from schnetqm9.cli import Parser, UserError
 from schnetqm9.potential.qm import METHODS, LabelError, Method, check_molecule, compute
 

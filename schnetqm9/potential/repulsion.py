@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.model import graph
 
 COULOMB = 14.399645  # e^2 / (4 pi eps_0), eV Angstrom
 SCREENING = 0.46850  # 0.8854 Bohr radii, Angstrom
@@ -52,7 +52,7 @@ def energy(z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
     if batch is None:
         batch = torch.zeros(len(z), dtype=torch.long, device=z.device)
     out = pos.new_zeros(int(batch.max()) + 1 if len(batch) else 0)
-    j, i = qm9_data.radius_graph(pos.detach(), R_OFF, batch)
+    j, i = graph.radius_graph(pos.detach(), R_OFF, batch)
     keep = i < j  # each unordered pair once
     i, j = i[keep], j[keep]
     r = (pos[i] - pos[j]).norm(dim=-1)

@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from schnetqm9.model import precision
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.data import structure_file
-from schnetqm9.data import targets
-from schnetqm9.model import transfer
 from schnetqm9.cli import Parser, UserError
+from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data import splits, structure_file, targets
+from schnetqm9.model import precision, transfer
 
 TARGET_HELP = ("QM9 target: a name (" + ", ".join(targets.TARGET_NAMES) + "; case-insensitive) or index 0-18, a "
                "comma list of them (one shared representation, one output each), or 'all' (the twelve standard "
@@ -156,6 +154,6 @@ def check_args(args: argparse.Namespace) -> None:
         args.targets = targets.parse(args.target) if args.data is None else structure_file.keys(args.target)
         args.target = ",".join(args.targets)
         if args.data is None:
-            qm9_data.split_sizes(qm9_data.NUM_MOLECULES, args.subset_size)
+            splits.split_sizes(qm9_data.NUM_MOLECULES, args.subset_size)
     except ValueError as err:
         raise UserError(str(err)) from None

@@ -23,22 +23,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from schnetqm9.model import checkpoint
-from schnetqm9.model import kernels as cpu_kernels
-from schnetqm9.training import distributed
-from schnetqm9.potential import losses as potential
-from schnetqm9.model import precision
-from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.training import report
-from schnetqm9.data import sources
-from schnetqm9.data import targets
-from schnetqm9.training import args as train_args
-from schnetqm9.model import transfer
+from schnet_model import FULL_CONFIG, SchNet, count_parameters
 from schnetqm9.cli import UserError, resolve_device
+from schnetqm9.data import batch as batching
+from schnetqm9.data import sources, splits, targets
+from schnetqm9.data.batch import Batcher
+from schnetqm9.model import checkpoint, precision, transfer
+from schnetqm9.model import kernels as cpu_kernels
+from schnetqm9.model.evaluation import batched_outputs
+from schnetqm9.potential import losses as potential
+from schnetqm9.training import args as train_args
+from schnetqm9.training import distributed, report
 from schnetqm9.training.distributed import World
 from schnetqm9.training.optim import FlatAdam, LossGuard, Schedule, make_ema
-from schnetqm9.data.qm9 import Batcher
-from schnet_model import FULL_CONFIG, SchNet, count_parameters, predict
 
 FULL_DEFAULTS = dict(
     subset_size=None, epochs=200, batch_size=32, lr=1e-3, patience=30, ema_decay=0.999, suffix="", precision="auto",
@@ -46,7 +43,7 @@ FULL_DEFAULTS = dict(
 )
 
 
-def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: qm9_data.Batch, columns: torch.Tensor,
+def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: batching.Batch, columns: torch.Tensor,
                scale: torch.Tensor, weights: torch.Tensor, loss: str = "mse", clip_grad: float = 10.0,
                world: World = World(), global_size: int | None = None,
                terms: potential.PotentialLoss | None = None, step: int = 0,
@@ -299,18 +296,18 @@ class Trainer:
         left = max(0, int(self.schedule.budget_s - p.elapsed))
         return f", {left // 60}:{left % 60:02d} left"
 
-    def predict(self, model: SchNet, mols: torch.Tensor, embeddings: bool = False) -> torch.Tensor:
-        """predict() over `mols`, each rank on its share, gathered: every rank gets all [M, K] (or [M, D]) rows."""
-        part = predict(model, self.batcher, self.world.shard(mols), self.eval_bs, embeddings)
+    def outputs(self, model: SchNet, mols: torch.Tensor, embeddings: bool = False) -> torch.Tensor:
+        """batched_outputs() over `mols`, each rank on its share, gathered: every rank gets all [M, K] (or [M, D]) rows."""
+        part = batched_outputs(model, self.batcher, self.world.shard(mols), self.eval_bs, embeddings)
         return self.world.gather(part, len(mols))
 
     def validate(self) -> tuple[dict, dict]:
         """Per-target validation metrics of the averaged weights, and of the raw ones."""
         t = time.perf_counter()
         true = self.data.y[self.val_idx][:, self.columns.cpu()]
-        val = report.regression_metrics(self.predict(self.eval_model, self.val_idx), true, self.names)
+        val = report.regression_metrics(self.outputs(self.eval_model, self.val_idx), true, self.names)
         raw = val if self.ema is None else report.regression_metrics(
-            self.predict(self.model, self.val_idx), true, self.names)
+            self.outputs(self.model, self.val_idx), true, self.names)
         self.val_seconds = time.perf_counter() - t
         return val, raw
 
@@ -414,15 +411,15 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     world.barrier()  # rank 0 has written the best checkpoint
     best = checkpoint.load(trainer.best_path)
     model = checkpoint.build_model(best, device)
-    pred, true = trainer.predict(model, test_idx), data.y[test_idx][:, trainer.columns.cpu()]  # [M, K] each
+    pred, true = trainer.outputs(model, test_idx), data.y[test_idx][:, trainer.columns.cpu()]  # [M, K] each
     test = report.regression_metrics(pred, true, names)
     for name, m in test.items():
         m["unit"] = units[name]
     report.print_test(test, f"{len(test_idx):,} molecules, best epoch {best['epoch']}, {best['weights']} weights")
-    raw = report.regression_metrics(trainer.predict(trainer.model, test_idx), true, names)  # what the average bought
+    raw = report.regression_metrics(trainer.outputs(trainer.model, test_idx), true, names)  # what the average bought
     g = torch.Generator().manual_seed(args.seed)
     shown = test_idx[torch.randperm(len(test_idx), generator=g)[: args.tsne_samples]]
-    emb = trainer.predict(model, shown, embeddings=True)
+    emb = trainer.outputs(model, shown, embeddings=True)
     minutes, epochs_done = p.elapsed / 60, p.step / trainer.steps_per_epoch
     split = meta["split"]
     metrics = dict(data=meta["data"], target=meta["target"], targets=names, test=test,
@@ -547,7 +544,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"Resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.step_in_epoch}, "
               f"{p.elapsed / 60:.1f} min spent")
     elif world.main:
-        qm9_data.save_split(split, Path(args.output_dir) / f"split{args.suffix}.json", seed=args.seed,
+        splits.save_split(split, Path(args.output_dir) / f"split{args.suffix}.json", seed=args.seed,
                             subset_size=args.subset_size)
     trainer.fit(p)
     metrics = finish(trainer, p, device, kernels)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from schnetqm9 import plots
-from schnetqm9.data.qm9 import atomic_write
+from schnetqm9.files import atomic_write
 
 
 def regression_metrics(pred: torch.Tensor, true: torch.Tensor, names: list[str]) -> dict[str, dict]:
