@@ -14,7 +14,7 @@ from ase.md.verlet import VelocityVerlet
 
 from schnetqm9.cli import UserError
 from schnetqm9.inference import predictions as predict
-from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.model import shipped
 from schnetqm9.potential.calculator import SchNetCalculator, aligned_rmsd, relax
 from schnetqm9.potential.check import thermalise
 
@@ -34,7 +34,7 @@ def molecule(qm9, i: int) -> ase.Atoms:
 def test_energy_is_the_shipped_models_u0_prediction(calc: SchNetCalculator, qm9) -> None:
     from schnetqm9.model import checkpoint
 
-    ckpt = checkpoint.load(ase_calculator.SHIPPED_U0)
+    ckpt = checkpoint.load(shipped.path("U0"))
     model = checkpoint.build_model(ckpt)
     d = qm9[123]
     atoms = molecule(qm9, 123)
@@ -145,7 +145,7 @@ def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, 
     atoms = ase.io.read(tmp_path / "m.xyz")  # the coordinates as the file holds them
     rows = predict.main(["--device", "cpu", "--target", "U0", "--relax", "--relax-fmax", "0.05",
                          str(tmp_path / "m.xyz")])
-    surface = SchNetCalculator(predict.RELAXER)  # --relax relaxes on the U0 potential, predicts with the U0 model
+    surface = SchNetCalculator(shipped.path(shipped.RELAXER))  # --relax relaxes on the U0 potential, predicts with the U0 model
     pos, _, converged = relax(atoms.numbers, atoms.get_positions(), surface, fmax=0.05)
     relaxed = atoms.copy()
     relaxed.set_positions(pos)
@@ -176,7 +176,7 @@ def test_shipped_potential_is_far_flatter_than_the_u0_model_at_the_dft_minima(ca
     force on 20 test molecules at most a third of the U0 model's there, and below 0.5 eV/A."""
     from schnetqm9.data import splits
 
-    potential = SchNetCalculator(predict.SHIPPED["U0_potential"])
+    potential = SchNetCalculator(shipped.path("U0_potential"))
     worst = {"U0": [], "potential": []}
     for i in splits.standard_split()["test"][:20].tolist():
         for name, c in (("U0", calc), ("potential", potential)):

@@ -15,13 +15,13 @@ import torch
 from schnet_model import SchNet
 from schnetqm9.inference import explain
 from schnetqm9.inference import predictions as predict
-from schnetqm9.model import checkpoint
+from schnetqm9.model import checkpoint, shipped
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shipped(name: str) -> SchNet:
-    return checkpoint.build_model(checkpoint.load(predict.SHIPPED[name]))
+def shipped_model(name: str) -> SchNet:
+    return checkpoint.build_model(checkpoint.load(shipped.path(name)))
 
 
 def molecule(qm9, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +39,7 @@ def rotated(pos: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["gap", "U0"])
 def test_integrated_gradients_are_complete_within_one_percent(name: str, qm9) -> None:
-    model = shipped(name)
+    model = shipped_model(name)
     z, pos = molecule(qm9, 1096)
     ig = explain.integrated_gradients(model, z, pos)
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_integrated_gradients_are_complete_within_one_percent(name: str, qm9) ->
 
 
 def test_attributions_are_invariant_to_rotation_and_translation(qm9) -> None:
-    model = shipped("gap")
+    model = shipped_model("gap")
     z, pos = molecule(qm9, 2500)
     a, b = explain.integrated_gradients(model, z, pos), explain.integrated_gradients(model, z, rotated(pos))
     np.testing.assert_allclose(a.values, b.values, atol=2e-4)
@@ -59,7 +59,7 @@ def test_attributions_are_invariant_to_rotation_and_translation(qm9) -> None:
 
 def test_attributions_change_when_the_weights_are_randomised(qm9) -> None:
     """Adebayo et al. 2018: an attribution that survives randomising the model explains the input, not the model."""
-    model = shipped("gap")
+    model = shipped_model("gap")
     z, pos = molecule(qm9, 1096)
     trained = explain.integrated_gradients(model, z, pos).values, explain.saliency(model, z, pos)
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def test_predict_explain_table_csv_and_picture(qm9, tmp_path: Path) -> None:
     assert list(table[0]) == ["file", "frame", "formula", "atom", "element", "integrated_gradient", "saliency",
                               "contribution"]
     assert sum(float(r["contribution"]) for r in table) == pytest.approx(row["U0"], abs=5e-3)
-    ig = explain.integrated_gradients(shipped("U0"), z, pos)
+    ig = explain.integrated_gradients(shipped_model("U0"), z, pos)
     assert sum(float(r["integrated_gradient"]) for r in table) == pytest.approx(
         ig.prediction - ig.baseline_prediction, rel=0.01)
     assert [p.name for p in (tmp_path / "res").glob("*.png")] == ["explain_m.png"]
@@ -159,7 +159,7 @@ def test_a_lite_attention_run_trains_saves_and_explains(tmp_path: Path, qm9) -> 
 
 
 def test_saliency_is_the_norm_of_the_position_gradient(qm9) -> None:
-    model = shipped("gap").double()
+    model = shipped_model("gap").double()
     z, pos = molecule(qm9, 10)
     pos = pos.double()
     s = explain.saliency(model, z, pos)

@@ -23,7 +23,7 @@ from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.data import splits, structure_file, targets
 from schnetqm9.inference import predictions as predict
 from schnetqm9.model import checkpoint as ckpt_io
-from schnetqm9.model import transfer
+from schnetqm9.model import shipped, transfer
 from schnetqm9.model.evaluation import batched_outputs
 
 
@@ -176,7 +176,7 @@ def test_init_from_copies_the_representation_and_matching_outputs(qm9) -> None:
     """Started from the shipped U0 model, a model for U0 (same name and unit) and a new label predicts exactly
     what the shipped model predicts for U0 before any training; the new label's output starts fresh; an element
     the checkpoint never saw keeps its fresh embedding row."""
-    src = transfer.load_source(predict.SHIPPED["U0"], dict(FULL_CONFIG))
+    src = transfer.load_source(shipped.path("U0"), dict(FULL_CONFIG))
     new_targets = [dict(name="U0", unit="eV"), dict(name="homo", unit="Hartree")]
     matches = transfer.matching_outputs(src, new_targets)
     assert matches == {0: 0}
@@ -199,13 +199,13 @@ def test_init_from_copies_the_representation_and_matching_outputs(qm9) -> None:
 
 def test_fine_tuning_a_shipped_model_with_a_frozen_representation(labelled_file: Path, tmp_path) -> None:
     proc = train(["--data", str(labelled_file), "--target", "gap", "--unit", "eV", "--readout", "mean",
-                  "--epochs", "1", "--init-from", str(predict.SHIPPED["U0"]), "--freeze-representation"],
+                  "--epochs", "1", "--init-from", str(shipped.path("U0")), "--freeze-representation"],
                  tmp_path, script="train.py")
     assert proc.returncode == 0, proc.stderr
     assert "started from" in proc.stdout and "frozen" in proc.stdout
     ckpt = ckpt_io.load(tmp_path / "ck" / "best_model.pth")
     assert ckpt["init_from"]["checkpoint"].endswith("schnet_qm9_U0.pth") and ckpt["init_from"]["outputs_copied"] == []
-    src = ckpt_io.load(predict.SHIPPED["U0"])["state_dict"]
+    src = ckpt_io.load(shipped.path("U0"))["state_dict"]
     for key, value in ckpt["state_dict"].items():
         if key.startswith("interactions."):
             torch.testing.assert_close(value, src[key])
@@ -221,7 +221,7 @@ def test_bad_runs_stop_with_one_line(labelled_file: Path, qm9, tmp_path) -> None
         ([*base, "--target", "dipole"], "has a numeric label 'dipole': the labels are energy, gap"),
         ([*base, "--target", "all"], "with --data, --target names the label key(s)"),
         ([*base, "--target", "gap", "--init-from", str(tmp_path / "foreign.pth")], "not a checkpoint of this project"),
-        ([*base, "--target", "gap", "--init-from", str(predict.SHIPPED["gap"])],
+        ([*base, "--target", "gap", "--init-from", str(shipped.path("gap"))],
          "has another architecture than the flags ask for (hidden_channels 64, num_filters 64, num_interactions 2, "
          "num_gaussians 25, cutoff 5): start from it with --hidden-channels 128 --num-filters 128 "
          "--num-interactions 6 --num-gaussians 50 --cutoff 10"),

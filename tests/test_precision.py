@@ -14,7 +14,7 @@ from schnet_model import LITE_CONFIG, SchNet
 from schnetqm9.data import batch as batching
 from schnetqm9.data import splits
 from schnetqm9.inference import predictions as predict
-from schnetqm9.model import checkpoint, precision
+from schnetqm9.model import checkpoint, precision, shipped
 from schnetqm9.model import kernels as cpu_kernels
 from schnetqm9.training import loop as train
 
@@ -75,7 +75,7 @@ def test_shipped_predictions_in_bf16_within_the_stated_tolerance_for_the_gap_not
     batcher = batching.Batcher(qm9)
     ratios = {}
     for name in ("gap", "U0"):
-        ckpt = checkpoint.load(predict.SHIPPED[name])
+        ckpt = checkpoint.load(shipped.path(name))
         shift = precision.prediction_shift(checkpoint.build_model(ckpt), batcher, mols)[:, 0]
         mae = checkpoint.test_mae(ckpt)[name]
         ratios[name] = (float(shift.mean()) / mae, float(shift.max()) / mae)
@@ -126,7 +126,7 @@ def test_bf16_breaks_rotation_invariance_only_at_the_rounding_level(qm9) -> None
     bf16: if positions or distances went through bfloat16 (a product under autocast), the change would be ~30x
     larger (0.015 eV on average for the gap model, measured when the test's own rotation ran under autocast)."""
     mols = splits.standard_split()["test"][:100]
-    model = checkpoint.build_model(checkpoint.load(predict.SHIPPED["gap"]))
+    model = checkpoint.build_model(checkpoint.load(shipped.path("gap")))
     fp32 = precision.rotation_shift(model, batching.Batcher(qm9), mols, "fp32")
     bf16 = precision.rotation_shift(model, batching.Batcher(qm9), mols, "bf16")
     assert float(fp32.max()) < 1e-4

@@ -17,6 +17,7 @@ from schnetqm9.data import geometry, splits
 from schnetqm9.data.targets import STANDARD, TARGETS
 from schnetqm9.inference import predictions as predict
 from schnetqm9.model import checkpoint as ckpt_io
+from schnetqm9.model import shipped
 from schnetqm9.model.evaluation import batched_outputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
     """models/schnet_qm9_<name>.pth: a weights-only checkpoint that records how it was made, and gives its
     recorded test MAE of every target again on its recorded test split (the standard 110,000 / 10,000 / 10,831)."""
     budget = 400 if name.endswith("_potential") else 150  # minutes; the potential: 12 epochs in 373
-    path, name = predict.SHIPPED[name], name.removesuffix("_potential")
+    path, name = shipped.path(name), name.removesuffix("_potential")
     raw = torch.load(path, weights_only=True)
     assert path.stat().st_size < 8e6 and "optimizer" not in raw and raw["subset_size"] is None
     assert [len(raw["split"][k]) for k in ("train", "val", "test")] == [110_000, 10_000, 10_831]
@@ -175,14 +176,14 @@ def test_without_flags_the_shipped_all_target_model_prints_twelve_properties(qm9
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
     proc = run(["--device", "cpu", "--csv", "out.csv", "m.xyz"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"model: {os.path.relpath(predict.SHIPPED['all'], tmp_path)} (SchNet, 12 targets" in proc.stdout
+    assert f"model: {os.path.relpath(shipped.path('all'), tmp_path)} (SchNet, 12 targets" in proc.stdout
     header = proc.stdout.splitlines()[1]
     assert all(f"{n} ({TARGETS[n].unit})" in header for n in STANDARD)
     import csv
 
     row, = csv.DictReader((tmp_path / "out.csv").open())
     assert list(row) == ["file", "frame", "formula", "atoms", *STANDARD, "note"]
-    maes = ckpt_io.test_mae(ckpt_io.load(predict.SHIPPED["all"]))
+    maes = ckpt_io.test_mae(ckpt_io.load(shipped.path("all")))
     for n in STANDARD:  # a trained model: each property within 20 of its test MAEs of the DFT value
         assert abs(float(row[n]) - float(qm9.y[100, TARGETS[n].column])) < 20 * maes[n], n
     assert run(["--target", "all", "--device", "cpu", "m.xyz"], tmp_path).stdout == proc.stdout
@@ -194,7 +195,7 @@ def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_p
     for target, model, what in (("gap", "gap", "gap in eV"), ("U0", "U0", "U0 in eV"), ("cv", "all", "12 targets")):
         proc = run(["--target", target, "--device", "cpu", "m.xyz"], tmp_path)
         assert proc.returncode == 0, proc.stderr
-        shown = os.path.relpath(predict.SHIPPED[model], tmp_path)
+        shown = os.path.relpath(shipped.path(model), tmp_path)
         assert f"model: {shown} (SchNet, {what}" in proc.stdout
         assert f"{target} ({TARGETS[target].unit})" in proc.stdout.splitlines()[1]
         assert len(proc.stdout.splitlines()[1].split("(")) == 2  # one property column

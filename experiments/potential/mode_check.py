@@ -29,7 +29,7 @@ from ase.build import minimize_rotation_and_translation
 
 from experiments.potential.saddle_check import hessian
 from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.model import checkpoint
+from schnetqm9.model import shipped
 from schnetqm9.potential import calculator as ase_calculator
 from schnetqm9.potential import check as potential_check
 from schnetqm9.potential import losses as potential
@@ -86,7 +86,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=checkpoint.SHIPPED["U0_potential"], help="an energy checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=shipped.path("U0_potential"), help="an energy checkpoint")
     p.add_argument("--molecules", type=int, default=30, help="molecules, from potential_check.py's sample")
     p.add_argument("--output", type=Path, help="also write the per-molecule numbers and the summary (JSON)")
     args = p.parse_args()

@@ -15,6 +15,7 @@ import numpy as np
 from ase import Atoms
 
 from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.model import shipped
 from schnetqm9.potential import calculator as ase_calculator
 from schnetqm9.potential import check as potential_check
 
@@ -38,7 +39,7 @@ def hessian(atoms: Atoms, h: float = 1e-3) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=ase_calculator.SHIPPED_U0, help="an energy checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=shipped.path("U0"), help="an energy checkpoint")
     p.add_argument("--molecules", type=int, default=10, help="molecules, from potential_check.py's sample")
     args = p.parse_args()
     if args.molecules <= 0:

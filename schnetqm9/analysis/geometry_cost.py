@@ -28,13 +28,13 @@ from schnetqm9.data import splits
 from schnetqm9.data.targets import TARGETS
 from schnetqm9.inference import predictions as predict
 from schnetqm9.inference.molecules import Molecule, from_smiles
-from schnetqm9.model import checkpoint
+from schnetqm9.model import checkpoint, shipped
 
 
 def shipped_columns() -> list[tuple[str, Path]]:
     """(target, shipped model) for every target a shipped model predicts: the dedicated one where there is one."""
-    names = checkpoint.target_names(checkpoint.load(predict.SHIPPED["all"]))
-    return [(n, predict.SHIPPED[n if n in predict.DEDICATED else "all"]) for n in names]
+    names = checkpoint.target_names(checkpoint.load(shipped.path("all")))
+    return [(n, shipped.for_target(n)) for n in names]
 
 
 def predictions(molecules: list[Molecule], columns: list[tuple[str, Path]]) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/geometry_cost.json"), help="the JSON written")
     args = p.parse_args(argv)
-    relaxer = Path(args.relax_checkpoint or predict.RELAXER)  # the surface --relax relaxes on
+    relaxer = Path(args.relax_checkpoint or shipped.path(shipped.RELAXER))  # the surface --relax relaxes on
     try:
         if args.molecules <= 0:
             raise UserError("--molecules must be positive")

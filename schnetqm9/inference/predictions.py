@@ -31,12 +31,7 @@ from schnetqm9.data.targets import STANDARD, target_name
 from schnetqm9.files import atomic_write
 from schnetqm9.inference import domain
 from schnetqm9.inference.molecules import Molecule, read_inputs
-from schnetqm9.model import checkpoint, precision
-
-SHIPPED = checkpoint.SHIPPED
-DEDICATED = ("gap", "U0")  # targets with a model of their own; the others come from the all-target model
-# --relax's surface: U0 trained as a potential; the U0 model's own surface is a saddle at DFT's minima, with holes
-RELAXER = SHIPPED["U0_potential"]
+from schnetqm9.model import checkpoint, precision, shipped
 
 
 @torch.no_grad()
@@ -68,11 +63,11 @@ def resolve_checkpoint(path: str | None, target: str | None) -> Path:
     if target not in (None, "all", *STANDARD):
         raise UserError(f"no shipped model predicts {target} (they cover {', '.join(STANDARD)}): train one with "
                         f"train.py --target {target} and pass --checkpoint")
-    shipped = SHIPPED[target if target in DEDICATED else "all"]
-    if not shipped.is_file():
-        raise UserError(f"the shipped model {shipped} is missing: restore it with git "
+    default = shipped.for_target(target)
+    if not default.is_file():
+        raise UserError(f"the shipped model {default} is missing: restore it with git "
                         "(git checkout -- models), or pass --checkpoint")
-    return shipped
+    return default
 
 
 def select(ckpt: dict, path: Path, target: str | None) -> list[int]:
@@ -119,7 +114,7 @@ def relax_all(molecules: list[Molecule], path: str | None, fmax: float, steps: i
 
     from schnetqm9.potential import calculator as ase_calculator
 
-    calc = ase_calculator.SchNetCalculator(path or RELAXER)
+    calc = ase_calculator.SchNetCalculator(path or shipped.path(shipped.RELAXER))
     moved = []
     for m in tqdm(molecules, desc="Relaxing", unit="mol", disable=None if len(molecules) > 1 else True):
         start = m.pos

@@ -19,10 +19,6 @@ from schnetqm9.cli import UserError
 from schnetqm9.files import atomic_write
 
 CHECKPOINT_FORMAT = "schnet-qm9/1"
-# the full-QM9 models shipped in models/: all twelve properties in one, dedicated gap and U0 models, and U0 trained
-# as a potential (zero forces at QM9's minima, MMFF94's curvature around them: docs/POTENTIAL.md)
-SHIPPED = {name: Path(__file__).resolve().parents[2] / "models" / f"schnet_qm9_{name}.pth"
-           for name in ("all", "gap", "U0", "U0_potential")}
 
 
 def save(obj: dict, path: str | Path) -> None:

@@ -120,7 +120,7 @@ def main() -> None:
     from schnetqm9.data import batch as batching
     from schnetqm9.data import qm9 as qm9_data
     from schnetqm9.data import splits
-    from schnetqm9.model import checkpoint
+    from schnetqm9.model import checkpoint, shipped
 
     p = argparse.ArgumentParser(description="bfloat16 against float32 predictions of every shipped model on the "
                                 "first M molecules of the standard test split")
@@ -130,7 +130,7 @@ def main() -> None:
     mols = splits.standard_split()["test"][:args.molecules]
     print(f"{len(mols)} test molecules, |bf16 - fp32| per target (and over the model's recorded test MAE), "
           f"native bf16 here: {native_bf16(torch.device('cpu'))}")
-    for path in checkpoint.SHIPPED.values():
+    for path in (m.path for m in shipped.MODELS.values()):
         ckpt = checkpoint.load(path)
         model, batcher = checkpoint.build_model(ckpt), batching.Batcher(qm9)
         shift = prediction_shift(model, batcher, mols)

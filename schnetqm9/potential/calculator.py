@@ -34,10 +34,8 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from schnetqm9.cli import UserError
-from schnetqm9.model import checkpoint
+from schnetqm9.model import checkpoint, shipped
 from schnetqm9.potential import repulsion
-
-SHIPPED_U0 = checkpoint.SHIPPED["U0"]
 
 
 def energy_output(ckpt: dict, path: Path, target: str | None = None) -> int:
@@ -62,7 +60,7 @@ class SchNetCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, checkpoint_path: str | Path = SHIPPED_U0, target: str | None = None,
+    def __init__(self, checkpoint_path: str | Path = shipped.path(shipped.CALCULATOR), target: str | None = None,
                  device: str | torch.device = "cpu", repulsion: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         path = Path(checkpoint_path)

@@ -32,7 +32,7 @@ from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.data import splits
 from schnetqm9.data.geometry import closest_pair
-from schnetqm9.model import checkpoint
+from schnetqm9.model import checkpoint, shipped
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.potential import calculator as ase_calculator
 
@@ -121,7 +121,7 @@ def print_summary(s: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=ase_calculator.SHIPPED_U0, help="an energy checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=shipped.path("U0"), help="an energy checkpoint")
     p.add_argument("--target", help="its energy output (default: its only output, or U0)")
     p.add_argument("--molecules", type=int, default=100, help="QM9 test molecules checked")
     p.add_argument("--noise", type=float, default=0.05, help="displacement before relaxing, A per coordinate")
