@@ -369,7 +369,6 @@ class SchNet(nn.Module):
                 f"num_gaussians={self.num_gaussians}, cutoff={self.cutoff:g}, readout={self.readout!r})")
 
 
-@torch.no_grad()
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -8,6 +8,7 @@ from schnet_model import SchNet
 from schnetqm9.data.batch import Batcher
 
 
+@torch.no_grad()
 def batched_outputs(model: SchNet, batcher: Batcher, mols: Tensor, batch_size: int,
                     embeddings: bool = False) -> Tensor:
     """Outputs [M, num_outputs] (or embeddings [M, D]) for molecules `mols` [M] of the batcher's data, in batches of
