@@ -83,7 +83,7 @@ def test_predict_explain_table_csv_and_picture(qm9, tmp_path: Path) -> None:
     table = list(csv.DictReader((tmp_path / "e.csv").open()))
     assert len(atoms) == len(table) == len(z)
     assert list(table[0]) == ["file", "frame", "formula", "atom", "element", "integrated_gradient", "saliency",
-                              "contribution"]
+                              "contribution", "note"]  # note: empty, or why an input failed
     assert sum(float(r["contribution"]) for r in table) == pytest.approx(row["U0"], abs=5e-3)
     ig = explain.integrated_gradients(shipped_model("U0"), z, pos)
     assert sum(float(r["integrated_gradient"]) for r in table) == pytest.approx(

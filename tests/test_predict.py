@@ -1,6 +1,7 @@
 """predict.py on structure files: the same numbers as the training evaluation, symmetric, and strict on bad input."""
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -111,12 +112,21 @@ def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
         (["--checkpoint", "foreign.pth", "ok.xyz"], "not a checkpoint of this project"),
     ]
     for args, message in cases:
+        (tmp_path / "out.csv").unlink(missing_ok=True)
         proc = run(args, tmp_path)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
-        assert not (tmp_path / "out.csv").exists()
-    proc = run(ck + ["ok.xyz", "broken.xyz"], tmp_path)  # the good input is still predicted, and printed
+        if "--csv" in args:  # a failed input gets its row, the reason in its note; a bad checkpoint writes nothing
+            table = list(csv.DictReader((tmp_path / "out.csv").open()))
+            assert table[-1]["note"] == "failed: " + lines[0].removeprefix("error: ")
+        else:
+            assert not (tmp_path / "out.csv").exists()
+    proc = run(ck + ["ok.xyz", "broken.xyz"], tmp_path)  # the good input is still predicted, printed and written
     assert proc.returncode == 1 and proc.stdout.splitlines()[2].startswith("ok.xyz ")
+    good, bad = csv.DictReader((tmp_path / "out.csv").open())
+    assert good["file"] == "ok.xyz" and float(good["gap"]) > 0 and good["note"] == ""
+    assert bad["file"] == "broken.xyz" and bad["frame"] == "" and bad["gap"] == ""
+    assert bad["note"].startswith("failed: broken.xyz: cannot read it as a structure")
 
 
 def test_non_finite_coordinates_are_refused_naming_file_frame_and_atom(checkpoint: Path, qm9,
@@ -131,7 +141,8 @@ def test_non_finite_coordinates_are_refused_naming_file_frame_and_atom(checkpoin
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1, proc.stderr
         assert "traj.extxyz: frame 1, atom 3" in lines[0] and "finite" in lines[0]
-        assert not (tmp_path / "out.csv").exists()
+        first, second = csv.DictReader((tmp_path / "out.csv").open())  # the good frame keeps its row
+        assert (first["frame"], first["note"], second["frame"]) == ("0", "", "1") and "finite" in second["note"]
 
 
 def test_atoms_closer_than_half_an_angstrom_are_flagged(checkpoint: Path, qm9, tmp_path: Path) -> None:
@@ -259,3 +270,42 @@ def test_unknown_or_unshipped_target(qm9, tmp_path: Path) -> None:
     assert proc.returncode != 0 and "unknown QM9 target 'bandgap'" in proc.stderr.strip().splitlines()[0]
     proc = run(["--target", "U0_atom", "m.xyz"], tmp_path)
     assert proc.returncode != 0 and "no shipped model predicts U0_atom" in proc.stderr.strip().splitlines()[0]
+
+
+def test_a_relaxation_or_explanation_that_fails_costs_only_its_own_row(qm9, tmp_path: Path, monkeypatch) -> None:
+    """A periodic frame, a relaxation or an explanation fails molecule by molecule: the others are predicted and
+    written, the failed one gets a row with the reason in its note, and the exit status says that one failed."""
+    from schnetqm9.inference import explain
+    from schnetqm9.potential import calculator
+
+    periodic = atoms_of(qm9, 102)
+    periodic.set_cell([20.0, 20.0, 20.0])
+    periodic.set_pbc(True)
+    ase.io.write(tmp_path / "mols.extxyz", [atoms_of(qm9, 100), atoms_of(qm9, 101), periodic])
+    second = atoms_of(qm9, 101).get_positions()
+    relax, attribute = calculator.relax, explain.integrated_gradients
+
+    def relax_failing_for_the_second(z, pos, *args):
+        if pos.shape == second.shape and np.allclose(pos, second):
+            raise RuntimeError("the forces are not finite")
+        return relax(z, pos, *args)
+
+    def explain_failing_for_the_second(model, z, pos, output=0, **kw):
+        if pos.shape == second.shape and np.allclose(pos.numpy(), second, atol=1e-5):
+            raise RuntimeError("no gradient")
+        return attribute(model, z, pos, output, **kw)
+
+    monkeypatch.setattr(calculator, "relax", relax_failing_for_the_second)
+    monkeypatch.setattr(explain, "integrated_gradients", explain_failing_for_the_second)
+    monkeypatch.chdir(tmp_path)
+    for flag, reason in (("--relax", "relaxation failed (the forces are not finite)"),
+                         ("--explain", "explanation failed (no gradient)")):
+        with pytest.raises(SystemExit) as stop:
+            predict.main(["--device", "cpu", "--target", "gap", flag, "--relax-steps", "5", "--csv", "out.csv",
+                          "--output-dir", str(tmp_path), "mols.extxyz"])
+        assert stop.value.code == 1
+        table = list(csv.DictReader((tmp_path / "out.csv").open()))
+        assert {r["frame"] for r in table if r["note"] == "" or "relaxation not" in r["note"]} == {"0"}
+        assert [(r["frame"], r["note"]) for r in table[-2:]] == [
+            ("2", "failed: mols.extxyz: frame 2 is periodic: the model sees one molecule, not its images"),
+            ("1", f"failed: mols.extxyz frame 1: {reason}")]

@@ -65,7 +65,10 @@ def test_bad_smiles_get_one_line_each_and_the_good_rows_are_still_printed(tmp_pa
         "error: SMILES 'not_a_smiles': RDKit cannot parse it"]
     table = proc.stdout.splitlines()[2:]
     assert [line.split()[4] for line in table] == ["CCO", "CC#N"]  # the good inputs, in order
-    assert not (tmp_path / "out.csv").exists()  # nothing half-written
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))  # every good row, then a row per failure
+    assert [r["smiles"] for r in rows] == ["CCO", "CC#N", "C1CC", "C[Si](C)(C)C", "not_a_smiles"]
+    assert [r["note"].startswith("failed: ") for r in rows] == [False, False, True, True, True]
+    assert rows[2]["file"] == "mixed.smi" and rows[2]["frame"] == "1" and rows[2]["gap"] == ""
     proc = run(["--smiles", "C1CC"], tmp_path)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == ["error: SMILES 'C1CC': RDKit cannot parse it"]
 

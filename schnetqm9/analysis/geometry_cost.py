@@ -86,14 +86,21 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
             dft.append(Molecule("qm9", i, "", d.z.numpy(), d.pos.double().numpy()))
             kept.append(i)
-        moved = predict.relax_all(second, str(relaxer), 0.01, 1000) if args.relax else []
+        moved = []
+        if args.relax:  # a molecule whose relaxation fails leaves both columns, as one RDKit cannot embed
+            relaxed, lost = predict.relax_all(second, str(relaxer), 0.01, 1000)
+            ok = {id(m) for m in relaxed}
+            keep = [j for j, m in enumerate(second) if id(m) in ok]
+            failed += [f.message for f in lost]
+            dft, second, kept = [dft[j] for j in keep], relaxed, [kept[j] for j in keep]
+            moved = [m.relax_rmsd for m in relaxed]
         columns = shipped_columns()
         from_dft, from_second = predictions(dft, columns), predictions(second, columns)
     except UserError as err:
         sys.exit(f"error: {err}")
     rows = {}
     other = "RDKit geometry" if args.start == "smiles" else "DFT, relaxed"
-    print(f"{len(kept)} QM9 test molecules" + (f" from SMILES ({len(failed)} of {len(chosen)} could not be embedded)"
+    print(f"{len(kept)} QM9 test molecules" + (f" from SMILES ({len(failed)} of {len(chosen)} could not be embedded or relaxed)"
                                                if args.start == "smiles" else "")
           + (f", relaxed with {relaxer.name}" if args.relax else "")
           + ": MAE against DFT")

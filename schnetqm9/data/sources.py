@@ -12,13 +12,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from schnetqm9.data import qm9 as qm9_data
-
-from schnetqm9.data import batch as batching
-
-from schnetqm9.data import splits
-from schnetqm9.data import targets
 from schnetqm9.cli import UserError
+from schnetqm9.data import splits, targets
 from schnetqm9.data.qm9 import QM9
 from schnetqm9.data.structure_file import LabelledStructures
 

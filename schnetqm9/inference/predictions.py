@@ -27,10 +27,11 @@ import torch
 
 from schnetqm9 import plots
 from schnetqm9.cli import Parser, UserError, resolve_device
+from schnetqm9.data.batch import molecule_of_atoms
 from schnetqm9.data.targets import STANDARD, target_name
 from schnetqm9.files import atomic_write
 from schnetqm9.inference import domain
-from schnetqm9.inference.molecules import Molecule, read_inputs
+from schnetqm9.inference.molecules import Failure, Molecule, read_inputs
 from schnetqm9.model import checkpoint, precision, shipped
 
 
@@ -40,13 +41,13 @@ def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device:
     """Predictions [M, K] and per-atom contributions (one [n_m, K] array per molecule), in batches, with the
     linear layers in `mixed` precision (precision.py)."""
     model.eval()
-    preds, contributions = [], []
+    preds, contributions = [np.zeros((0, len(model.readouts)), dtype=np.float32)], []
     for start in range(0, len(molecules), batch_size):
         chunk = molecules[start:start + batch_size]
         z = torch.from_numpy(np.concatenate([m.z for m in chunk])).long().to(device)
         pos = torch.from_numpy(np.concatenate([m.pos for m in chunk])).float().to(device)
         counts = torch.tensor([len(m.z) for m in chunk], device=device)
-        batch = torch.repeat_interleave(torch.arange(len(chunk), device=device), counts)
+        batch = molecule_of_atoms(counts)  # [N]
         with precision.autocast(device, mixed):
             a = model.atom_contributions(z, pos, batch)  # [N, K], float32
         per_mol = torch.zeros(len(chunk), a.size(1), dtype=a.dtype, device=device).index_add_(0, batch, a)
@@ -106,30 +107,40 @@ def max_heavy_atoms(ckpt: dict) -> int | None:
     return domain.QM9_MAX_HEAVY_ATOMS if ckpt.get("data", "QM9") == "QM9" else None
 
 
-def relax_all(molecules: list[Molecule], path: str | None, fmax: float, steps: int) -> list[float]:
-    """Relaxes every molecule in place on the surface of the energy model at `path` (default: the shipped U0
-    potential; ase_calculator.py); returns how far each moved (aligned RMSD to its input geometry, Angstrom) and
-    notes the ones that did not converge."""
+def relax_all(molecules: list[Molecule], path: str | None, fmax: float,
+              steps: int) -> tuple[list[Molecule], list[Failure]]:
+    """Relaxes each molecule in place on the surface of the energy model at `path` (default: the shipped potential;
+    potential/calculator.py), records how far it moved (`relax_rmsd`, aligned RMSD to its input geometry) and notes
+    a relaxation that did not converge; returns (the relaxed molecules, a Failure for each that could not be)."""
     from tqdm.auto import tqdm
 
     from schnetqm9.potential import calculator as ase_calculator
 
     calc = ase_calculator.SchNetCalculator(path or shipped.path(shipped.RELAXER))
-    moved = []
+    relaxed, failed = [], []
     for m in tqdm(molecules, desc="Relaxing", unit="mol", disable=None if len(molecules) > 1 else True):
-        start = m.pos
-        m.pos, taken, converged = ase_calculator.relax(m.z, m.pos, calc, fmax, steps)
-        moved.append(ase_calculator.aligned_rmsd(start, m.pos) if len(m.z) > 1 else 0.0)
+        try:
+            pos, taken, converged = ase_calculator.relax(m.z, m.pos, calc, fmax, steps)
+        except Exception as err:  # a periodic cell, a surface that gives no finite force, ...
+            failed.append(Failure.of(m, f"{m.file} frame {m.frame}: relaxation failed ({one_line(err)})"))
+            continue
+        m.relax_rmsd = ase_calculator.aligned_rmsd(m.pos, pos) if len(m.z) > 1 else 0.0
+        m.pos = pos
         if not converged:
             m.notes.append(f"relaxation not converged in {taken} steps (fmax {fmax:g} eV/A)")
-    return moved
+        relaxed.append(m)
+    return relaxed, failed
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def one_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def build_parser() -> Parser:
     p = Parser(description=__doc__.split("\n\n")[0] + " Formats: anything ase.io.read reads "
                "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...), .smi files and --smiles. With several inputs, one "
-               "that cannot be read, parsed or embedded gets one line on stderr and the others are still printed; "
-               "the exit status is then 1 and no --csv is written.")
+               "that cannot be read, parsed, embedded, relaxed or explained gets one line on stderr, the others are still "
+               "printed, --csv gets a row for it with the reason in its note column, and the exit status is 1.")
     p.add_argument("files", nargs="*", help="structure files (Angstrom; multi-frame files give one row per frame) "
                    "and .smi files (a SMILES per line, optionally a name after it)")
     p.add_argument("--smiles", nargs="+", default=[], metavar="SMILES",
@@ -141,9 +152,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "shipped all-target model (models/schnet_qm9_all.pth)")
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (default: the shipped model for --target)")
     p.add_argument("--relax", action="store_true", help="first relax each structure (BFGS) with the energy and "
-                   "forces of the shipped U0 potential (models/schnet_qm9_U0_potential.pth, ase_calculator.py); adds "
-                   "the column relax_rmsd (A moved). It is not yet at DFT's minima: it moves QM9 molecules ~0.25 A "
-                   "off them and makes predictions from DFT geometries worse (docs/POTENTIAL.md)")
+                   "forces of the shipped U0 potential (models/schnet_qm9_U0_potential.pth); adds the column "
+                   "relax_rmsd (A moved). Its minima are not yet DFT's: how far it moves QM9's own geometries, and "
+                   "what that costs, is in docs/POTENTIAL.md")
     p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: "
                    "models/schnet_qm9_U0_potential.pth)")
     p.add_argument("--relax-fmax", type=float, default=0.01, help="--relax stops when every force is below this "
@@ -157,72 +168,97 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "gradients of the prediction with respect to the atom's input embedding from a zero-embedding "
                    "baseline (steps until they sum to prediction - baseline prediction within 1 %%), the saliency "
                    "|dy/dr_i|, the additive contribution and, with an attention readout, the attention weight "
-                   "(explain.py); printed, drawn as results/explain_<name>.png, and with --csv written one row per "
+                   "(inference/explain.py); printed, drawn as results/explain_<name>.png, and with --csv written one row per "
                    "atom instead of one per molecule")
     p.add_argument("--output-dir", type=Path, default=Path("results"), help="where --per-atom and --explain "
                    "pictures go")
     p.add_argument("--precision", choices=list(precision.CHOICES), default="auto",
-                   help="bf16: the linear layers in bfloat16 (faster on hardware that has it, and measured: on the "
-                   "shipped gap model predictions move by 2.5 %% of its test MAE on average, on the U0 model by 71 "
-                   "%%, and a molecule and its rotated copy differ by up to 5.6 meV instead of 0.007 meV: docs/PERFORMANCE.md); auto: fp32 (exact)")
+                   help="bf16: the linear layers in bfloat16, faster on hardware that has it but less exact (how much, per "
+                   "shipped model: docs/PERFORMANCE.md); auto: fp32")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Predict for every input; print the table (and the per-atom tables and pictures asked for), one line on
+    stderr for each input that failed; write --csv with a row for each success and each failure (its reason in
+    the note column); exit 1 if any input failed."""
+    args = build_parser().parse_args(argv)
     try:
         if not args.files and not args.smiles:
             raise UserError("give structure files, .smi files or --smiles")
         if args.batch_size <= 0 or args.relax_steps <= 0 or not args.relax_fmax > 0:
             raise UserError("--batch-size, --relax-steps and --relax-fmax must be positive")
         device = resolve_device(args.device)
-        if args.target not in (None, "all"):
-            try:
-                args.target = target_name(args.target)
-            except ValueError as err:
-                raise UserError(str(err)) from None
-        path = resolve_checkpoint(args.checkpoint, args.target)
-        ckpt = checkpoint.load(path)
-        shown = select(ckpt, path, args.target)
-        if args.explain and len(shown) != 1:
-            raise UserError(f"--explain attributes one output and {path} has {len(shown)}: name it with --target")
+        path, ckpt, shown = choose_model(args)
         model = checkpoint.build_model(ckpt, device)
-        molecules, errors = read_inputs(args.files, args.smiles, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
-        moved = relax_all(molecules, args.relax_checkpoint, args.relax_fmax, args.relax_steps) if args.relax else []
+        molecules, failures = read_inputs(args.files, args.smiles, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
+        if args.relax:
+            molecules, failed = relax_all(molecules, args.relax_checkpoint, args.relax_fmax, args.relax_steps)
+            failures += failed
         for m in molecules:  # of the geometry predicted from: the relaxed one with --relax
             m.notes = domain.notes(m.z, m.pos, model.cutoff, max_heavy_atoms(ckpt), m.charge) + m.notes
-        if not molecules:
-            sys.exit("\n".join(f"error: {e}" for e in errors))
         mixed = precision.resolve(args.precision, device, checkpoint.target_names(ckpt), training=False)
         if warning := precision.emulation_warning(args.precision, device):
             print(warning, file=sys.stderr)
         preds, contributions = predict_molecules(model, molecules, device, args.batch_size, mixed)
     except UserError as err:
         sys.exit(f"error: {err}")
-
     names = [ckpt["targets"][k]["name"] for k in shown]
     units = [ckpt["targets"][k]["unit"] for k in shown]
-    with_smiles = any(m.smiles for m in molecules)
+    with_smiles = any(m.smiles for m in molecules) or any(f.smiles for f in failures)
     rows = [dict(file=m.file, frame=m.frame, formula=m.formula, atoms=len(m.z),
                  **(dict(smiles=m.smiles, name=m.name) if with_smiles else {}),
-                 **({"relax_rmsd": moved[i]} if args.relax else {}),
+                 **({"relax_rmsd": m.relax_rmsd} if args.relax else {}),
                  **{n: float(v[k]) for n, k in zip(names, shown)}, note="; ".join(m.notes))
-            for i, (m, v) in enumerate(zip(molecules, preds))]
-    print(describe(path, ckpt))
-    print_table(rows, names, units, with_smiles, args.relax)
+            for m, v in zip(molecules, preds)]
+    if rows:
+        print(describe(path, ckpt))
+        print_table(rows, names, units, with_smiles, args.relax)
     if args.per_atom:
         draw_contributions(model, molecules, contributions, shown, names, units, args.output_dir)
     if args.explain:
-        rows = explain_molecules(model, molecules, contributions, shown[0], names[0], units[0], args.output_dir)
-    if errors:  # the good rows are printed above; the CSV is written only when every input was good
-        print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
-        sys.exit(1)
+        rows, failed = explain_molecules(model, molecules, contributions, shown[0], names[0], units[0],
+                                         args.output_dir)
+        failures += failed
+    for f in failures:  # the good rows are printed above
+        print(f"error: {f.message}", file=sys.stderr)
     if args.csv:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        with atomic_write(args.csv) as tmp:
-            tmp.write_text(buf.getvalue())
+        write_csv(args.csv, rows, failures, with_smiles)
+    if failures:
+        sys.exit(1)
     return rows
+
+
+def choose_model(args) -> tuple[Path, dict, list[int]]:
+    """The checkpoint (--checkpoint, or the shipped model for --target), and which of its outputs to report."""
+    if args.target not in (None, "all"):
+        try:
+            args.target = target_name(args.target)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    path = resolve_checkpoint(args.checkpoint, args.target)
+    ckpt = checkpoint.load(path)
+    shown = select(ckpt, path, args.target)
+    if args.explain and len(shown) != 1:
+        raise UserError(f"--explain attributes one output and {path} has {len(shown)}: name it with --target")
+    return path, ckpt, shown
+
+
+def write_csv(path: Path, rows: list[dict], failures: list[Failure], with_smiles: bool) -> None:
+    """The rows, then a row per failed input (file, frame, SMILES and name where known, the reason in `note`), in
+    one atomic write."""
+    failed = [dict(file=f.file, frame="" if f.frame is None else f.frame,
+                   **(dict(smiles=f.smiles, name=f.name) if with_smiles else {}), note=f"failed: {f.message}")
+              for f in failures]
+    columns = list(rows[0]) if rows else ["file", "frame", *(["smiles", "name"] if with_smiles else []), "note"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows + failed)
+    with atomic_write(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def print_table(rows: list[dict], names: list[str], units: list[str], with_smiles: bool, relaxed: bool) -> None:
@@ -242,36 +278,48 @@ def print_table(rows: list[dict], names: list[str], units: list[str], with_smile
 
 
 def explain_molecules(model: torch.nn.Module, molecules: list[Molecule], contributions: list[np.ndarray], k: int,
-                      name: str, unit: str, out_dir: Path) -> list[dict]:
-    """--explain: each molecule's per-atom attributions of output k, printed and drawn; one row per atom."""
+                      name: str, unit: str, out_dir: Path) -> tuple[list[dict], list[Failure]]:
+    """--explain: each molecule's per-atom attributions of output k, printed and drawn; (one row per atom, a
+    Failure for each molecule whose attributions could not be computed or drawn)."""
+    rows, failed = [], []
+    model = model.cpu()
+    for m, c in zip(molecules, contributions):
+        try:
+            rows += explain_molecule(model, m, c, k, name, unit, out_dir, sum(x.file == m.file for x in molecules))
+        except Exception as err:  # one molecule's failure never costs the others their rows
+            failed.append(Failure.of(m, f"{m.file} frame {m.frame}: explanation failed ({one_line(err)})"))
+    return rows, failed
+
+
+def explain_molecule(model: torch.nn.Module, m: Molecule, c: np.ndarray, k: int, name: str, unit: str,
+                     out_dir: Path, frames_of_file: int) -> list[dict]:
+    """One molecule's attributions of output k (contributions c [n, K]): printed, drawn, one row per atom."""
     from ase.data import chemical_symbols
 
     from schnetqm9.inference import explain
 
-    model = model.cpu()
     att = model.attention_outputs.index(k) if k in getattr(model, "attention_outputs", []) else None
+    z, pos = torch.from_numpy(m.z).long(), torch.from_numpy(m.pos).float()
+    ig = explain.integrated_gradients(model, z, pos, k)
+    kinds = dict(integrated_gradient=ig.values, saliency=explain.saliency(model, z, pos, k), contribution=c[:, k])
+    if att is not None:
+        with torch.no_grad():
+            kinds["attention"] = model.attention_weights(z, pos)[:, att].numpy()
+    units = dict(integrated_gradient=unit, saliency=f"{unit}/A" if unit else "per A", contribution=unit,
+                 attention="")
+    print(f"\n{m.file} frame {m.frame} ({m.formula}), {name}: integrated gradients from the zero-embedding "
+          f"baseline ({ig.prediction:.5g} - {ig.baseline_prediction:.5g} {unit}), {ig.steps} steps, sum within "
+          f"{100 * ig.completeness_error:.2g} %")
+    print("  atom    " + "".join(f"{plots.quantity(kind, units[kind]):>26}" for kind in kinds))
     rows = []
-    for m, c in zip(molecules, contributions):
-        z, pos = torch.from_numpy(m.z).long(), torch.from_numpy(m.pos).float()
-        ig = explain.integrated_gradients(model, z, pos, k)
-        kinds = dict(integrated_gradient=ig.values, saliency=explain.saliency(model, z, pos, k), contribution=c[:, k])
-        if att is not None:
-            with torch.no_grad():
-                kinds["attention"] = model.attention_weights(z, pos)[:, att].numpy()
-        units = dict(integrated_gradient=unit, saliency=f"{unit}/A" if unit else "per A", contribution=unit,
-                     attention="")
-        print(f"\n{m.file} frame {m.frame} ({m.formula}), {name}: integrated gradients from the zero-embedding "
-              f"baseline ({ig.prediction:.5g} - {ig.baseline_prediction:.5g} {unit}), {ig.steps} steps, sum within "
-              f"{100 * ig.completeness_error:.2g} %")
-        print("  atom    " + "".join(f"{plots.quantity(kind, units[kind]):>26}" for kind in kinds))
-        for i, zi in enumerate(m.z):
-            print(f"  {i:3d}  {chemical_symbols[zi]:<2}" + "".join(f"{v[i]:>26.5f}" for v in kinds.values()))
-            rows.append(dict(file=m.file, frame=m.frame, formula=m.formula, atom=i, element=chemical_symbols[zi],
-                             **{kind: float(v[i]) for kind, v in kinds.items()}))
-        stem = f"{Path(m.file).stem}" + (f"_{m.frame}" if sum(x.file == m.file for x in molecules) > 1 else "")
-        plots.plot_attributions(m.z, m.pos, [(kind, v, units[kind]) for kind, v in kinds.items()],
-                                f"{m.formula} ({Path(m.file).name}, frame {m.frame}): {name} "
-                                f"{ig.prediction:.4g} {unit}".rstrip(), out_dir / f"explain_{stem}.png")
+    for i, zi in enumerate(m.z):
+        print(f"  {i:3d}  {chemical_symbols[zi]:<2}" + "".join(f"{v[i]:>26.5f}" for v in kinds.values()))
+        rows.append(dict(file=m.file, frame=m.frame, formula=m.formula, atom=i, element=chemical_symbols[zi],
+                         **{kind: float(v[i]) for kind, v in kinds.items()}, note=""))
+    stem = f"{Path(m.file).stem}" + (f"_{m.frame}" if frames_of_file > 1 else "")
+    plots.plot_attributions(m.z, m.pos, [(kind, v, units[kind]) for kind, v in kinds.items()],
+                            f"{m.formula} ({Path(m.file).name}, frame {m.frame}): {name} "
+                            f"{ig.prediction:.4g} {unit}".rstrip(), out_dir / f"explain_{stem}.png")
     return rows
 
 
