@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs the real script in fresh processes
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"config", "device", "batch_size", "ours_mol_s", "reference_mol_s", "ratio", "ours_peak_mb", "reference_peak_mb"}
 

@@ -138,6 +138,7 @@ def test_energy_precision_is_float64(calc: SchNetCalculator, qm9) -> None:
     assert calc.model.atomref.dtype == torch.float64
 
 
+@pytest.mark.slow
 def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, qm9, tmp_path: Path) -> None:
     atoms = molecule(qm9, 4000)
     atoms.rattle(0.05, seed=3)
@@ -157,6 +158,7 @@ def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, 
     assert "relaxation not converged in 2 steps (fmax 0.01 eV/A)" in rows[0]["note"]
 
 
+@pytest.mark.slow
 def test_potential_check_measures_and_writes_each_goal(tmp_path: Path) -> None:
     import json
 

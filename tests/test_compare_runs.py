@@ -43,6 +43,7 @@ def test_markdown_has_a_row_per_epoch_and_marks_a_shorter_run(tmp_path) -> None:
     assert "| minutes per epoch | 10.0 | 3.0 |" in table and "| test MAE | 0.1900 | — |" in table
 
 
+@pytest.mark.slow
 def test_the_script_draws_the_figure_and_rejects_bad_runs_in_one_line(tmp_path) -> None:
     a = write_run(tmp_path, "_a", val=[0.5, 0.3], raw=[0.5, 0.3], minutes_per_epoch=1, test_mae=0.3)
     b = write_run(tmp_path, "_b", val=[0.4, 0.2], raw=[0.4, 0.2], minutes_per_epoch=1, test_mae=0.2)

@@ -159,6 +159,7 @@ def test_cache_second_load_is_fast_and_equal(qm9: QM9) -> None:
     assert cache.stat().st_size < 60e6
 
 
+@pytest.mark.slow
 def test_truncated_cache_is_rebuilt(qm9: QM9, tmp_path) -> None:
     cache = qm9.root / f"qm9_v{qm9_data.CACHE_FORMAT}.pt"
     broken = tmp_path / cache.name
@@ -174,6 +175,7 @@ def test_truncated_cache_is_rebuilt(qm9: QM9, tmp_path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_stale_cache_is_rebuilt(qm9: QM9, tmp_path) -> None:
     cache = qm9.root / f"qm9_v{qm9_data.CACHE_FORMAT}.pt"
     tensors = torch.load(cache, weights_only=True)

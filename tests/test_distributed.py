@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import wait_for_mid_epoch_state
 
+pytestmark = pytest.mark.slow  # every test here runs the real script in fresh processes
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--subset-size", "600", "--epochs", "3", "--tsne-samples", "25", "--device", "cpu"]
 

@@ -91,6 +91,7 @@ def test_predict_explain_table_csv_and_picture(qm9, tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "res").glob("*.png")] == ["explain_m.png"]
 
 
+@pytest.mark.slow
 def test_explain_needs_one_output(tmp_path: Path, qm9) -> None:
     z, pos = molecule(qm9, 5)
     ase.io.write(tmp_path / "m.xyz", ase.Atoms(numbers=z.numpy(), positions=pos.double().numpy()))
@@ -136,6 +137,7 @@ def test_attention_with_constant_logits_is_the_mean_readout(qm9) -> None:
         torch.testing.assert_close(att.atom_contributions(d.z, d.pos), mean.atom_contributions(d.z, d.pos))
 
 
+@pytest.mark.slow
 def test_a_lite_attention_run_trains_saves_and_explains(tmp_path: Path, qm9) -> None:
     import subprocess
     import sys

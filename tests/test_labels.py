@@ -77,6 +77,7 @@ def _label(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow
 def test_labelling_resumes_and_refuses_bad_frames(tmp_path: Path) -> None:
     inputs, out = _frames(tmp_path), tmp_path / "out.extxyz.gz"
     first = _label([str(inputs), "--method", "gfn2", "--output", str(out), "--limit", "2"], tmp_path)
@@ -103,6 +104,7 @@ def test_labelling_resumes_and_refuses_bad_frames(tmp_path: Path) -> None:
     assert third.returncode == 0 and "3 already labelled" in third.stderr and "1 skipped, 0 to label" in third.stderr
 
 
+@pytest.mark.slow
 def test_labelling_refuses_an_output_that_is_not_gzip(tmp_path: Path) -> None:
     proc = _label([str(_frames(tmp_path)), "--output", str(tmp_path / "out.extxyz")], tmp_path)
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0 and "extxyz.gz" in proc.stderr

@@ -149,6 +149,7 @@ def labelled_file(qm9, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_training_on_a_file_writes_what_a_qm9_run_writes_and_predict_reads_it(labelled_file: Path, tmp_path) -> None:
     proc = train(["--data", str(labelled_file), "--target", "energy,gap", "--unit", "eV", "--epochs", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -197,6 +198,7 @@ def test_init_from_copies_the_representation_and_matching_outputs(qm9) -> None:
     assert not torch.allclose(ours[:, 1], theirs, atol=1.0)
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_shipped_model_with_a_frozen_representation(labelled_file: Path, tmp_path) -> None:
     proc = train(["--data", str(labelled_file), "--target", "gap", "--unit", "eV", "--readout", "mean",
                   "--epochs", "1", "--init-from", str(shipped.path("U0")), "--freeze-representation"],
@@ -212,6 +214,7 @@ def test_fine_tuning_a_shipped_model_with_a_frozen_representation(labelled_file:
     assert not torch.equal(ckpt["state_dict"]["lin2.weight"], src["lin2.weight"])
 
 
+@pytest.mark.slow
 def test_bad_runs_stop_with_one_line(labelled_file: Path, qm9, tmp_path) -> None:
     ase.io.write(tmp_path / "five.extxyz", molecules(qm9, list(range(5))))
     torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
@@ -261,3 +264,18 @@ def test_learning_curve_tables_print_both_arms_side_by_side(tmp_path) -> None:
     assert "cv test MAE (cal/mol K):" in text
     assert "| 100 | 125 (500) | 0.4 | 0.3 | −25 % |" in text  # fine-tuned 25 % below scratch
     assert "| 300 | 50 (500) | 0.3 | not run |  |" in text
+
+
+@pytest.mark.slow
+def test_learning_curve_runs_a_point_and_writes_its_table(tmp_path: Path) -> None:
+    """One point of a learning curve end to end: train.py on the first 100 training molecules, tested on the
+    standard test split, one row in the table."""
+    import csv
+
+    table = tmp_path / "gap.csv"
+    proc = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.learning_curve", "--target", "gap", "--sizes",
+                           "100", "--arms", "scratch", "--out", str(tmp_path / "runs"), "--table", str(table)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    row, = csv.DictReader(table.open())
+    assert row["train_size"] == "100" and row["arm"] == "scratch" and 0 < float(row["test_mae"]) < 2.0

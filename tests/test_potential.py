@@ -78,6 +78,7 @@ def test_zero_force_term_drives_the_forces_at_the_geometries_down(qm9) -> None:
     assert terms.take()["train_force_rms"] > 0 and terms.steps == 0
 
 
+@pytest.mark.slow
 def test_force_flags_need_qm9_u0(tmp_path: Path) -> None:
     for flags in (["--target", "gap", "--force-weight", "1"], ["--target", "U0", "--prior-weight", "-1"],
                   ["--target", "U0", "--prior-weight", "1", "--prior-noise", "0"], ["--target", "U0", "--precondition",
@@ -90,6 +91,7 @@ def test_force_flags_need_qm9_u0(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", [("1", "0"), ("0", "1")])
 def test_a_lite_u0_run_with_the_force_terms_writes_their_history(tmp_path: Path, weights) -> None:
     import csv

@@ -90,6 +90,7 @@ def test_shipped_predictions_in_bf16_within_the_stated_tolerance_for_the_gap_not
     assert precision.resolve("bf16", CPU, ["U0"]) == precision.resolve("bf16", CPU, ["U0"], training=False) == "bf16"
 
 
+@pytest.mark.slow
 def test_predict_and_train_take_the_flag(qm9, tmp_path: Path) -> None:
     import ase
     import ase.io

@@ -25,12 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, qm9) -> Path:
-    tmp = tmp_path_factory.mktemp("predict")
-    subprocess.run([sys.executable, "train_lite.py", "--subset-size", "300", "--epochs", "1", "--tsne-samples", "20",
-                    "--device", "cpu", "--output-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp),
-                    "--data-dir", str(REPO / "data")], cwd=REPO, check=True, capture_output=True)
-    return tmp / "best_model_lite.pth"
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def atoms_of(qm9, i: int) -> ase.Atoms:
@@ -94,6 +90,7 @@ def test_large_molecules_are_flagged(checkpoint: Path, qm9, tmp_path: Path) -> N
     assert f"{heavy} heavy atoms, more than any training molecule ({limit})" in rows[0]["note"]
 
 
+@pytest.mark.slow
 def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "ok.xyz", atoms_of(qm9, 10))
     (tmp_path / "broken.xyz").write_text("3\ncomment\nC 0 0 0\nH 1 0\n")
@@ -129,6 +126,7 @@ def test_bad_input(checkpoint: Path, qm9, tmp_path: Path) -> None:
     assert bad["note"].startswith("failed: broken.xyz: cannot read it as a structure")
 
 
+@pytest.mark.slow
 def test_non_finite_coordinates_are_refused_naming_file_frame_and_atom(checkpoint: Path, qm9,
                                                                        tmp_path: Path) -> None:
     good, bad = atoms_of(qm9, 10), atoms_of(qm9, 11)
@@ -158,7 +156,7 @@ def test_atoms_closer_than_half_an_angstrom_are_flagged(checkpoint: Path, qm9, t
     assert geometry.closest_pair(np.array([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1.2, 0]]))[:2] == (0, 2)
 
 
-@pytest.mark.parametrize("name", ["gap", "U0", "all", "U0_potential"])
+@pytest.mark.parametrize("name", ["gap", *(pytest.param(n, marks=pytest.mark.slow) for n in ("U0", "all", "U0_potential"))])
 def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
     """models/schnet_qm9_<name>.pth: a weights-only checkpoint that records how it was made, and gives its
     recorded test MAE of every target again on its recorded test split (the standard 110,000 / 10,000 / 10,831)."""
@@ -183,6 +181,22 @@ def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
     assert mae.tolist() == pytest.approx(list(recorded.values()), rel=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gap", "U0", "U0_potential"])
+def test_shipped_model_in_pygs_own_schnet_gives_its_recorded_test_mae(name: str, qm9) -> None:
+    """The single-output shipped models, their weights copied into torch_geometric.nn.models.SchNet (to_pyg), give
+    their recorded test MAE on all 10,831 test molecules: the shipped numbers are PyG's SchNet's numbers."""
+    ckpt = ckpt_io.load(shipped.path(name))
+    reference = ckpt_io.build_model(ckpt).to_pyg().eval()
+    assert type(reference).__module__ == "torch_geometric.nn.models.schnet"
+    test, batcher = ckpt["split"]["test"], batching.Batcher(qm9)
+    with torch.no_grad():
+        pred = torch.cat([reference(b.z, b.pos, b.batch)[:, 0] for b in map(batcher, test.split(512))])
+    mae = float((pred.double() - qm9.y[test, ckpt["targets"][0]["column"]].double()).abs().mean())
+    assert mae == pytest.approx(ckpt_io.test_mae(ckpt)[ckpt["targets"][0]["name"]], rel=1e-4)
+
+
+@pytest.mark.slow
 def test_without_flags_the_shipped_all_target_model_prints_twelve_properties(qm9, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
     proc = run(["--device", "cpu", "--csv", "out.csv", "m.xyz"], tmp_path)
@@ -200,6 +214,7 @@ def test_without_flags_the_shipped_all_target_model_prints_twelve_properties(qm9
     assert run(["--target", "all", "--device", "cpu", "m.xyz"], tmp_path).stdout == proc.stdout
 
 
+@pytest.mark.slow
 def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_path: Path) -> None:
     """gap and U0 come from their dedicated models, the other ten from the all-target model."""
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
@@ -216,6 +231,7 @@ def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_p
     assert abs(shown - dft) < 0.5  # a trained model, not a random one: within 0.5 eV of the DFT gap
 
 
+@pytest.mark.slow
 def test_target_and_checkpoint_must_agree(checkpoint: Path, qm9, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
     proc = run(["--checkpoint", str(checkpoint), "--target", "U0", "m.xyz"], tmp_path)
@@ -235,6 +251,7 @@ def multi_checkpoint(tmp_path_factory, qm9) -> Path:
     return tmp / "best_model_lite.pth"
 
 
+@pytest.mark.slow
 def test_a_multi_target_checkpoint_prints_every_property(multi_checkpoint: Path, qm9, tmp_path: Path) -> None:
     """One row per structure, a column per property with its unit in the header; the CSV names the columns by
     target; the values are the model's outputs; --target picks one; --per-atom terms add up for every output."""
@@ -264,6 +281,7 @@ def test_a_multi_target_checkpoint_prints_every_property(multi_checkpoint: Path,
     np.testing.assert_allclose(np.stack([c.sum(0) for c in contributions]), preds, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_unknown_or_unshipped_target(qm9, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
     proc = run(["--target", "bandgap", "m.xyz"], tmp_path)

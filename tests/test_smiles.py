@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_smi_file_rows_show_smiles_and_names(tmp_path: Path) -> None:
     assert "CCO" in proc.stdout and "C#N" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bad_smiles_get_one_line_each_and_the_good_rows_are_still_printed(tmp_path: Path) -> None:
     (tmp_path / "mixed.smi").write_text("CCO\nC1CC\nC[Si](C)(C)C\n")
     proc = run(["--target", "gap", "--csv", "out.csv", "mixed.smi", "--smiles", "not_a_smiles", "CC#N"], tmp_path)
@@ -124,3 +126,18 @@ def test_geometry_cost_compares_rdkit_and_dft_geometries_for_every_shipped_targe
     assert result["molecules"] + len(result["failed"]) == 4 and list(result["targets"]) == STANDARD
     for row in result["targets"].values():
         assert row["ratio"] == pytest.approx(row["mae_rdkit_geometry"] / row["mae_dft_geometry"])
+
+
+@pytest.mark.slow
+def test_geometry_cost_relaxed_from_dft_minima(tmp_path: Path) -> None:
+    """geometry_cost --relax --start dft: the DFT minima relaxed on the shipped potential move (a median RMSD > 0)
+    and every shipped target gets both MAEs and their ratio."""
+    out = tmp_path / "g.json"
+    proc = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.geometry_cost", "--molecules", "2", "--relax",
+                           "--start", "dft", "--output", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["relax"] and result["start"] == "dft" and result["molecules"] == 2 and result["failed"] == []
+    assert 0 < result["relax_rmsd_median"] < 1.0
+    assert len(result["targets"]) == 12 and all(r["ratio"] > 0 for r in result["targets"].values())

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from conftest import wait_for_mid_epoch_state
+from conftest import TINY, wait_for_mid_epoch_state
 
 from schnetqm9.data import batch as batching
 from schnetqm9.data import splits
@@ -22,7 +22,6 @@ from schnetqm9.training import loop as train
 from schnetqm9.training import optim
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--subset-size", "300", "--epochs", "2", "--tsne-samples", "25", "--device", "cpu"]
 
 
 def run(cmd: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -32,14 +31,6 @@ def run(cmd: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedPr
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
-
-
-@pytest.fixture(scope="module")
-def lite_run(tmp_path_factory, qm9) -> Path:
-    tmp = tmp_path_factory.mktemp("lite")
-    proc = run(["bash", "run_lite.sh", *TINY], tmp)
-    assert "test gap (30 molecules" in proc.stdout
-    return tmp
 
 
 def test_lite_run_writes_figures_metrics_and_checkpoint(lite_run: Path) -> None:
@@ -75,6 +66,7 @@ def test_checkpoint_reproduces_reported_test_mae(lite_run: Path, qm9) -> None:
     assert checkpoint.test_mae(ckpt) == {"gap": pytest.approx(reported, rel=1e-9)}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     args = [sys.executable, "train_lite.py", "--subset-size", "600", "--epochs", "3", "--tsne-samples", "25",
             "--device", "cpu", "--checkpoint-every", "0"]
@@ -109,6 +101,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     (["--target", "gap,GAP"], "--target names gap twice"),
     (["--target", "gap,bandgap"], "unknown QM9 target 'bandgap'"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, flags: list[str], message: str) -> None:
     proc = run([sys.executable, "train_lite.py", *flags], tmp_path, check=False)
     assert proc.returncode != 0
@@ -117,6 +110,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, flags: list[st
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_cuda_asked_for_without_a_gpu(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -124,6 +118,7 @@ def test_cuda_asked_for_without_a_gpu(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no CUDA GPU" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_target_or_architecture(lite_run: Path) -> None:
     base = [sys.executable, "train_lite.py", *TINY, "--resume"]
     proc = run(base + ["--target", "U0"], lite_run, check=False)
@@ -138,6 +133,7 @@ def test_resume_refuses_another_target_or_architecture(lite_run: Path) -> None:
     assert proc.returncode == 1 and "same --time-budget" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp_path: Path) -> None:
     """A resume state whose optimiser is per-parameter Adam (this repo before FlatAdam) stops with one line."""
     import shutil
@@ -153,6 +149,7 @@ def test_resume_refuses_an_optimiser_state_of_another_layout(lite_run: Path, tmp
     assert str(last) in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_state_whose_best_weights_are_missing(lite_run: Path, tmp_path: Path) -> None:
     """The end of a run tests the best weights from disk: a resume state moved without them stops at the start,
     with one line naming the missing file, rather than after the remaining epochs."""
@@ -166,6 +163,7 @@ def test_resume_refuses_a_state_whose_best_weights_are_missing(lite_run: Path, t
     assert "epoch" in last_line and "train loss" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_loss_that_keeps_blowing_up_stops_with_a_message(tmp_path: Path) -> None:
     """lr 1e30: every window of steps spikes; each is rolled back with the learning rate halved, until it is cut
     to 1/1000 of --lr and the run stops with one line."""
@@ -214,6 +212,7 @@ def test_schedule_warms_up_then_decays_by_whichever_of_epochs_and_budget_comes_f
     assert b.lr(4, 0.0) == pytest.approx(1e-3 * 0.5)  # and at its start the warm-up alone
 
 
+@pytest.mark.slow
 def test_time_budget_ends_the_run_like_a_finished_one(tmp_path: Path) -> None:
     """A 0.25-minute budget on a run that would take many epochs: it stops near the budget, on a decayed learning
     rate, with a partial last epoch, and still tests the best model and writes every output."""
@@ -271,6 +270,7 @@ def test_ema_decay_warms_up() -> None:
     torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 9 / 11))
 
 
+@pytest.mark.slow
 def test_ema_decay_zero_keeps_the_raw_weights(tmp_path: Path) -> None:
     run([sys.executable, "train_lite.py", *TINY, "--ema-decay", "0"], tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last_lite.pth", weights_only=True)
@@ -284,6 +284,7 @@ def test_ema_decay_zero_keeps_the_raw_weights(tmp_path: Path) -> None:
         torch.testing.assert_close(best["state_dict"], state["state_dict"])
 
 
+@pytest.mark.slow
 def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkeypatch, capsys, qm9) -> None:
     """Blow the weights up in the middle of a run (the output layer times 1e4, as an Adam blow-up would): the next
     check sees the loss jump against its running mean, restores the last good state, halves the learning rate,
@@ -326,3 +327,56 @@ def test_loss_guard_flags_jumps_of_the_whole_loss_not_one_noisy_target() -> None
     w = optim.LossGuard.weights([1.0, 4.0], "balanced", 2)
     torch.testing.assert_close(w, torch.tensor([1.6, 0.4]))
     assert torch.equal(optim.LossGuard.weights([1.0, 4.0], "equal", 2), torch.ones(2))
+
+
+def history(folder: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader((folder / "results" / "history_lite.csv").open()))
+
+
+@pytest.mark.slow
+def test_split_reuses_an_earlier_runs_molecules(lite_run: Path, tmp_path: Path) -> None:
+    """--split trains, validates and tests on an earlier run's molecules, whatever --seed says."""
+    earlier = lite_run / "results" / "split_lite.json"
+    run([sys.executable, "train_lite.py", *TINY, "--epochs", "1", "--seed", "5", "--split", str(earlier)], tmp_path)
+    used = torch.load(tmp_path / "checkpoints" / "best_model_lite.pth", weights_only=True)["split"]
+    for part, molecules in splits.load_split(earlier).items():
+        torch.testing.assert_close(used[part], molecules)
+    assert not torch.equal(splits.split_indices(len(used["train"]) * 10 // 8, None, seed=5)["train"], used["train"])
+
+
+@pytest.mark.slow
+def test_patience_stops_a_run_that_no_longer_improves(tmp_path: Path) -> None:
+    """A learning rate too small to move a float32 weight leaves the validation score where it was: with
+    --patience 1 the run stops after the second epoch of six."""
+    proc = run([sys.executable, "train_lite.py", *TINY, "--epochs", "6", "--patience", "1", "--lr", "1e-30",
+                "--ema-decay", "0"], tmp_path)
+    assert "early stop: no better validation score for 1 epochs" in proc.stdout
+    assert [row["epoch"] for row in history(tmp_path)] == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_l1_loss_is_the_mean_absolute_error_in_units_of_the_spread(tmp_path: Path) -> None:
+    """With --loss l1 the training loss of an epoch is its training MAE over the target's loss scale (240
+    training molecules: 15 full batches of 16, so the mean over steps is the mean over molecules); with MSE not."""
+    scale = {}
+    for loss in ("l1", "mse"):
+        run([sys.executable, "train_lite.py", *TINY, "--epochs", "1", "--loss", loss], tmp_path / loss)
+        ckpt = torch.load(tmp_path / loss / "checkpoints" / "best_model_lite.pth", weights_only=True)
+        scale[loss] = ckpt["normalisation"]["loss_scale"][0]
+        row = history(tmp_path / loss)[0]
+        scale[loss] = float(row["train_loss"]), float(row["train_mae_gap"]) / scale[loss]
+    assert scale["l1"][0] == pytest.approx(scale["l1"][1], rel=1e-4)
+    assert scale["mse"][0] != pytest.approx(scale["mse"][1], rel=0.05)
+
+
+def test_task_weights_equal_or_balanced_by_the_running_losses() -> None:
+    """equal: every target's standardised loss counts alike; balanced: each divided by its running mean (the
+    gradient of sum_k log L_k), scaled to mean 1; before any running mean, both equal."""
+    running = [0.5, 2.0, 0.25]
+    torch.testing.assert_close(optim.LossGuard.weights(running, "equal", 3), torch.ones(3))
+    balanced = optim.LossGuard.weights(running, "balanced", 3)
+    torch.testing.assert_close(balanced * torch.tensor(running), torch.full((3,), float(balanced[0] * 0.5)))
+    assert float(balanced.mean()) == pytest.approx(1.0)
+    torch.testing.assert_close(optim.LossGuard.weights(None, "balanced", 3), torch.ones(3))
