@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from schnetqm9.analysis import compare_runs
 
 REPO = Path(__file__).resolve().parents[1]
