@@ -108,10 +108,6 @@ def target_name(target: str | int) -> str:
     return TARGET_NAMES[target_index(target)]
 
 
-def target_unit(target: str | int) -> str:
-    return TARGETS[target_name(target)].unit
-
-
 def parse(spec: str) -> list[str]:
     """Canonical names of `--target`: one target, a comma list, or 'all' (the twelve of STANDARD, in order).
 
