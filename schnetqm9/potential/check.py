@@ -35,6 +35,7 @@ from schnetqm9.data.geometry import closest_pair
 from schnetqm9.model import checkpoint, shipped
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.seeds import draw_seed
 
 GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_mev=10.0, u0_mae=0.025)
 
@@ -76,7 +77,7 @@ def nve_drift(atoms, calc, fs: float = 100.0, dt_fs: float = 0.5, temperature: f
 def noisy_start(dft: np.ndarray, i: int, noise: float, seed: int) -> np.ndarray:
     """Molecule i's relaxation start: its DFT positions [n, 3] plus Gaussian noise of `noise` A per coordinate,
     seeded by (seed, i) so that every surface checked starts from the same geometry."""
-    return dft + np.random.default_rng(seed * 1_000_003 + i).normal(scale=noise, size=dft.shape)
+    return dft + np.random.default_rng(draw_seed(seed, i)).normal(scale=noise, size=dft.shape)
 
 
 def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> dict:

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from schnetqm9.seeds import draw_seed
+
 KCAL_TO_EV = 0.0433641  # eV per kcal/mol, MMFF's energy unit
 SOFTEST = 0.1  # eV/A^2, lambda_0: the smallest curvature the preconditioner divides by (at most k / 0.1 times)
 
@@ -257,7 +259,7 @@ class PotentialLoss:
         """The prior's displacement [N, 3] at step `step`: Gaussian noise of `noise` A per coordinate, or with
         `thermal`, each molecule's first 3n - 6 of the same normals driving its modes (`thermal_displacement`; no
         move for a molecule MMFF cannot type, whose atoms get no target)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(draw_seed(self.seed, step))
         xi = torch.randn(pos.shape, generator=g, dtype=pos.dtype)  # [N, 3]
         if not self.thermal:
             return (xi * self.noise).to(pos.device)

@@ -32,6 +32,7 @@ from schnetqm9.model import checkpoint, precision, transfer
 from schnetqm9.model import kernels as cpu_kernels
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.potential import losses as potential
+from schnetqm9.seeds import draw_seed
 from schnetqm9.training import args as train_args
 from schnetqm9.training import distributed, report
 from schnetqm9.training.distributed import World
@@ -208,7 +209,7 @@ class Trainer:
     def train_epoch(self, p: Progress) -> bool:
         """Steps of epoch p.epoch from p.step_in_epoch on; returns True if the time budget ended it early."""
         args, spe, world = self.args, self.steps_per_epoch, self.world
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + p.epoch)  # epoch order is a function of the epoch
+        g = torch.Generator().manual_seed(draw_seed(args.seed, p.epoch))  # epoch order is a function of the epoch
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=g)].split(args.batch_size)
         bar = tqdm(total=spe, initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{args.epochs}", leave=False,
                    unit="step", disable=None if world.main else True)
