@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
 
 from schnetqm9.data.targets import ATOM_ENERGY_TABLE, HARTREE_TO_EV, TARGETS
 from schnetqm9.files import atomic_write
 
 NUM_MOLECULES = 130_831
+MAX_HEAVY_ATOMS = 9  # C, N, O, F: the GDB-17 subset QM9 enumerates
 CACHE_FORMAT = 1  # bump when the cached tensors change meaning
 
 # qm9pack column -> (column of y, factor to PyG's unit). Columns 12-15 are derived from 7-10 below.
@@ -226,7 +226,11 @@ class QM9(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> Data:
+    def __getitem__(self, i: int):
+        """Molecule i as a torch_geometric.data.Data (PyG imported here, not with the module: most users of this
+        module batch from the flat tensors and never need it)."""
+        from torch_geometric.data import Data
+
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"molecule {i} out of range for QM9 with {len(self)} molecules")

@@ -19,7 +19,6 @@ import numpy as np
 from schnetqm9.data.geometry import closest_pair, fragments
 
 MIN_DISTANCE = 0.5  # Angstrom
-QM9_MAX_HEAVY_ATOMS = 9
 
 
 def notes(z: np.ndarray, pos: np.ndarray, cutoff: float, max_heavy_atoms: int | None,

@@ -85,10 +85,9 @@ def select(ckpt: dict, path: Path, target: str | None) -> list[int]:
 
 def describe(path: Path, ckpt: dict) -> str:
     """One line on which model predicts: file, targets, and the test MAE it recorded."""
-    units = {t["name"]: t["unit"] for t in ckpt["targets"]}
+    units = {name: checkpoint.output_spec(ckpt, k)["unit"] for k, name in enumerate(checkpoint.target_names(ckpt))}
     maes = checkpoint.test_mae(ckpt)
-    n = len(ckpt["split"]["test"]) if "split" in ckpt else 0
-    data = ckpt.get("data", "QM9")
+    n, data = checkpoint.test_size(ckpt), checkpoint.data_source(ckpt)
     where = f"on {n:,} " + ("QM9 molecules" if data == "QM9" else f"structures of {Path(data).name}")
     if len(units) == 1:
         (name, unit), = units.items()
@@ -98,13 +97,6 @@ def describe(path: Path, ckpt: dict) -> str:
         what = f"{len(units)} targets" + (f", test MAE {where}: " + ", ".join(
             f"{k} {v:#.3g} {units[k]}".rstrip() for k, v in maes.items()) if maes else "")
     return f"model: {os.path.relpath(path)} (SchNet, {what})"
-
-
-def max_heavy_atoms(ckpt: dict) -> int | None:
-    """The most heavy atoms of any training molecule: recorded by train.py; QM9's 9 for older QM9 checkpoints."""
-    if "max_heavy_atoms" in ckpt:
-        return int(ckpt["max_heavy_atoms"])
-    return domain.QM9_MAX_HEAVY_ATOMS if ckpt.get("data", "QM9") == "QM9" else None
 
 
 def relax_all(molecules: list[Molecule], path: str | None, fmax: float,
@@ -193,20 +185,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         device = resolve_device(args.device)
         path, ckpt, shown = choose_model(args)
         model = checkpoint.build_model(ckpt, device)
-        molecules, failures = read_inputs(args.files, args.smiles, set(ckpt.get("elements", [1, 6, 7, 8, 9])))
+        molecules, failures = read_inputs(args.files, args.smiles, checkpoint.elements(ckpt))
         if args.relax:
             molecules, failed = relax_all(molecules, args.relax_checkpoint, args.relax_fmax, args.relax_steps)
             failures += failed
         for m in molecules:  # of the geometry predicted from: the relaxed one with --relax
-            m.notes = domain.notes(m.z, m.pos, model.cutoff, max_heavy_atoms(ckpt), m.charge) + m.notes
+            m.notes = domain.notes(m.z, m.pos, model.cutoff, checkpoint.max_heavy_atoms(ckpt), m.charge) + m.notes
         mixed = precision.resolve(args.precision, device, checkpoint.target_names(ckpt), training=False)
         if warning := precision.emulation_warning(args.precision, device):
             print(warning, file=sys.stderr)
         preds, contributions = predict_molecules(model, molecules, device, args.batch_size, mixed)
     except UserError as err:
         sys.exit(f"error: {err}")
-    names = [ckpt["targets"][k]["name"] for k in shown]
-    units = [ckpt["targets"][k]["unit"] for k in shown]
+    names = [checkpoint.output_spec(ckpt, k)["name"] for k in shown]
+    units = [checkpoint.output_spec(ckpt, k)["unit"] for k in shown]
     with_smiles = any(m.smiles for m in molecules) or any(f.smiles for f in failures)
     rows = [dict(file=m.file, frame=m.frame, formula=m.formula, atoms=len(m.z),
                  **(dict(smiles=m.smiles, name=m.name) if with_smiles else {}),

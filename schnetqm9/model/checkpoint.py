@@ -16,6 +16,7 @@ import torch
 
 from schnet_model import SchNet
 from schnetqm9.cli import UserError
+from schnetqm9.data.qm9 import MAX_HEAVY_ATOMS
 from schnetqm9.files import atomic_write
 
 CHECKPOINT_FORMAT = "schnet-qm9/1"
@@ -47,6 +48,35 @@ def load(path: str | Path) -> dict:
 
 def target_names(ckpt: dict) -> list[str]:
     return [t["name"] for t in ckpt["targets"]]
+
+
+def output_spec(ckpt: dict, k: int) -> dict:
+    """Output k's target: {name, unit, column (of QM9's y, or of the file's labels), output (its readout)}."""
+    return ckpt["targets"][k]
+
+
+def data_source(ckpt: dict) -> str:
+    """'QM9', or the path of the file the model was trained on (--data)."""
+    return ckpt.get("data", "QM9")
+
+
+def elements(ckpt: dict) -> set[int]:
+    """The atomic numbers of the training molecules (QM9's H, C, N, O, F for QM9 checkpoints that predate the
+    record)."""
+    return set(ckpt.get("elements", [1, 6, 7, 8, 9] if data_source(ckpt) == "QM9" else range(1, 100)))
+
+
+def max_heavy_atoms(ckpt: dict) -> int | None:
+    """The most heavy atoms of any training molecule (QM9's 9 for QM9 checkpoints that predate the record; None
+    when unknown)."""
+    if "max_heavy_atoms" in ckpt:
+        return int(ckpt["max_heavy_atoms"])
+    return MAX_HEAVY_ATOMS if data_source(ckpt) == "QM9" else None
+
+
+def test_size(ckpt: dict) -> int:
+    """How many molecules the recorded test MAE is over (0 when the checkpoint has no split)."""
+    return len(ckpt["split"]["test"]) if "split" in ckpt else 0
 
 
 def build_model(ckpt: dict, device: torch.device | str = "cpu") -> SchNet:

@@ -60,7 +60,7 @@ def initialise(model: SchNet, src: dict, matches: dict[int, int], path: str | Pa
     """Copy the checkpoint's representation (and matched output layers) into `model`, in place (so optimiser views
     of the parameters stay valid). Returns what was done, for the new checkpoint's `init_from` record."""
     old = checkpoint.build_model(src)
-    seen = torch.tensor(src.get("elements", list(range(1, 100))), dtype=torch.long)
+    seen = torch.tensor(sorted(checkpoint.elements(src)), dtype=torch.long)
     model.atom_embedding.weight[seen] = old.atom_embedding.weight[seen]
     model.interactions.load_state_dict(old.interactions.state_dict())
     if matches:

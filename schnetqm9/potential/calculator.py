@@ -47,7 +47,7 @@ def energy_output(ckpt: dict, path: Path, target: str | None = None) -> int:
     if target not in names:
         raise UserError(f"{path} predicts {', '.join(names)}, not {target}: name its energy output with target=")
     k = names.index(target)
-    spec = ckpt["targets"][k]
+    spec = checkpoint.output_spec(ckpt, k)
     if spec["unit"] != "eV" or spec["output"] != "add":
         raise UserError(f"{path}: output {target} ({spec['unit'] or 'no unit'}, {spec['output']} readout) is not an "
                         "energy in eV read out as a sum over atoms: a potential needs one (e.g. QM9's U0)")
@@ -69,7 +69,7 @@ class SchNetCalculator(Calculator):
         self.model = checkpoint.build_model(ckpt, device).double()
         for p in self.model.parameters():
             p.requires_grad_(False)  # forces need the gradient with respect to positions only
-        self.elements = set(ckpt.get("elements", [1, 6, 7, 8, 9]))
+        self.elements = checkpoint.elements(ckpt)
         self.device = torch.device(device)
         self.checkpoint_path = path
         self.repulsion = repulsion

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = checkpoint.load(args.checkpoint)
         test = splits.standard_split()["test"]
         pred = batched_outputs(checkpoint.build_model(ckpt), batching.Batcher(qm9), test, 512)[:, calc.output]
-        column = ckpt["targets"][calc.output]["column"]
+        column = checkpoint.output_spec(ckpt, calc.output)["column"]
         u0_mae = float((pred.double() - qm9.y[test, column].double()).abs().mean())
         rows = [check_molecule(qm9, i, calc, args.noise, args.seed)
                 for i in tqdm(sample(args.molecules, args.seed), desc="Checking", unit="mol")]
