@@ -10,6 +10,12 @@ class UserError(Exception):
     """A problem the user can fix (a bad flag, a missing or foreign file); reported as one line, non-zero exit."""
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line for the user: the first line of its message, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (what is wrong, then 'see --help') instead of the usage block."""
 

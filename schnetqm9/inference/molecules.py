@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schnetqm9.cli import UserError
+from schnetqm9.cli import UserError, one_line
 from schnetqm9.inference import smiles as smiles_3d
 
 
@@ -72,7 +72,7 @@ def read_structure_file(path: str, allowed: set[int]) -> tuple[list[Molecule], l
     try:
         frames = ase.io.read(path, index=":")
     except Exception as err:  # ASE raises many types; its message often names the line
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = one_line(err)
         return [], [Failure(path, None, f"{path}: cannot read it as a structure ({detail})")]
     if not frames:
         return [], [Failure(path, None, f"{path}: no structure in the file")]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from schnetqm9 import plots
-from schnetqm9.cli import Parser, UserError, resolve_device
+from schnetqm9.cli import Parser, UserError, one_line, resolve_device
 from schnetqm9.data.batch import molecule_of_atoms
 from schnetqm9.data.targets import STANDARD, target_name
 from schnetqm9.files import atomic_write
@@ -122,10 +122,6 @@ def relax_all(molecules: list[Molecule], path: str | None, fmax: float,
             m.notes.append(f"relaxation not converged in {taken} steps (fmax {fmax:g} eV/A)")
         relaxed.append(m)
     return relaxed, failed
-
-
-def one_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def build_parser() -> Parser:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from schnetqm9.cli import one_line
+
 SOURCE = Path(__file__).resolve().parent / "kernels.cpp"
 BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cpu_kernels"  # the clone's build/ folder
 LN2 = math.log(2.0)
@@ -63,7 +65,7 @@ def load() -> ModuleType | None:
             name="schnet_cpu_kernels", sources=[str(SOURCE)], build_directory=str(BUILD_DIR),
             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no ninja, ...: the reference path computes the same function
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = one_line(err)
         warnings.warn(f"cpu_kernels: could not build {SOURCE.name} ({first}); using the pure-PyTorch path",
                       stacklevel=2)
     return _module

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from schnetqm9.cli import Parser, UserError
+from schnetqm9.cli import Parser, UserError, one_line
 from schnetqm9.potential.qm import METHODS, LabelError, Method, check_molecule, compute
 
 
@@ -116,7 +116,7 @@ def read_jobs(paths: list[str], charge: int, spin: int) -> Iterator[Job]:
         try:
             frames = ase.io.read(path, index=":")
         except Exception as err:
-            raise UserError(f"{path}: cannot read it as structures ({str(err).strip() or type(err).__name__})")
+            raise UserError(f"{path}: cannot read it as structures ({one_line(err)})") from None
         for i, atoms in enumerate(frames):
             if atoms.pbc.any():
                 raise UserError(f"{path} frame {i}: a periodic cell; only molecules are labelled")
@@ -132,8 +132,7 @@ def _work(args: tuple[Job, Method]) -> tuple[Job, str | None, float, str | None]
     except LabelError as err:
         return job, None, 0.0, str(err)
     except Exception as err:  # a crash inside the program: the molecule is reported, the run goes on
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return job, None, 0.0, f"{type(err).__name__}: {first}"
+        return job, None, 0.0, f"{type(err).__name__}: {one_line(err)}"
     return job, frame_text(job.atoms, label, method, job.key), label.seconds, None
 
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from schnetqm9.cli import one_line
+
 HARTREE_TO_EV = 27.211386246  # CODATA 2018, as targets.py
 BOHR_TO_ANGSTROM = 0.529177210903
 
@@ -162,5 +164,5 @@ def _tblite(z: np.ndarray, pos: np.ndarray, method: Method, charge: int, spin: i
     try:
         res = calc.singlepoint()
     except RuntimeError as err:  # tblite raises on SCF failure
-        raise LabelError(f"tblite: {str(err).strip().splitlines()[0] if str(err).strip() else 'SCF failed'}")
+        raise LabelError(f"tblite: {one_line(err)}") from None
     return float(res.get("energy")), np.asarray(res.get("gradient")), 0  # tblite does not report its cycles
