@@ -274,8 +274,10 @@ def test_learning_curve_runs_a_point_and_writes_its_table(tmp_path: Path) -> Non
 
     table = tmp_path / "gap.csv"
     proc = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.learning_curve", "--target", "gap", "--sizes",
-                           "100", "--arms", "scratch", "--out", str(tmp_path / "runs"), "--table", str(table)],
+                           "100", "--arms", "scratch", "--max-epochs", "1", "--out", str(tmp_path / "runs"), "--table",
+                           str(table)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     row, = csv.DictReader(table.open())
-    assert row["train_size"] == "100" and row["arm"] == "scratch" and 0 < float(row["test_mae"]) < 2.0
+    assert row["train_size"] == "100" and row["arm"] == "scratch" and row["epochs"] == "1.0"
+    assert 0 < float(row["test_mae"]) < 5.0  # eV: one epoch on 100 molecules, against a spread of ~1.3 eV
