@@ -37,7 +37,7 @@ LITE_CONFIG = dict(hidden_channels=64, num_filters=64, num_interactions=2, num_g
 class ShiftedSoftplus(nn.Module):
     r"""ssp(x) = ln(0.5 e^x + 0.5) = softplus(x) - ln 2: smooth like softplus, and ssp(0) = 0.
 
-    On CPU one fused pass computes it and its derivative (cpu_kernels.py); elsewhere F.softplus(x) - ln 2.
+    On CPU one fused pass computes it and its derivative (model/kernels.py); elsewhere F.softplus(x) - ln 2.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -60,7 +60,7 @@ class GaussianSmearing(nn.Module):
         self.register_buffer("offset", offset)
 
     def forward(self, dist: Tensor) -> Tensor:
-        return gaussians(dist, self.offset, self.coeff)  # [E, K]; one fused pass on CPU (cpu_kernels.py)
+        return gaussians(dist, self.offset, self.coeff)  # [E, K]; one fused pass on CPU (model/kernels.py)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(start={self.offset[0].item():g}, stop={self.offset[-1].item():g}, "
@@ -149,7 +149,7 @@ class SchNet(nn.Module):
         a_{ik} = \sigma_k \left(\mathrm{ssp}(W_1 h_i^{(T)} + b_1)\,W_2 + b_2\right)_k + \mu_k
                  + \mathrm{atomref}_k(z_i)
 
-    and output k reads the atom-wise values a_{ik} out with its own module (`readout[k]`, see targets.py):
+    and output k reads the atom-wise values a_{ik} out with its own module (`readout[k]`, see data/targets.py):
 
     .. math::
         \text{add: } y = \sum_i a_i, \quad \text{mean: } y = \frac1n \sum_i a_i, \quad
@@ -251,7 +251,7 @@ class SchNet(nn.Module):
 
     def _atom_features(self, z: Tensor, pos: Tensor, batch: Tensor, h0: Tensor | None = None) -> Tensor:
         """Atom features after the interactions and the first output layer: [N, hidden_channels // 2]. `h0`
-        [N, hidden] replaces the input embedding of the atoms (explain.py integrates gradients along it)."""
+        [N, hidden] replaces the input embedding of the atoms (inference/explain.py integrates gradients along it)."""
         h = self.atom_embedding(z) if h0 is None else h0  # [N, hidden]
         edge_index, edge_weight = self.interaction_graph(pos, batch)  # [2, E], [E]
         edge_attr = self.distance_expansion(edge_weight)  # [E, K], shared by all blocks
@@ -269,7 +269,7 @@ class SchNet(nn.Module):
         """
         batch = torch.zeros_like(z) if batch is None else batch
         x = self._atom_features(z, pos, batch, h0)  # [N, hidden // 2]
-        with torch.autocast(x.device.type, enabled=False):  # the readout in float32 (precision.py)
+        with torch.autocast(x.device.type, enabled=False):  # the readout in float32 (model/precision.py)
             return self._readout(x.float() if x.dtype == torch.bfloat16 else x, z, pos, batch)
 
     def _readout(self, x: Tensor, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:

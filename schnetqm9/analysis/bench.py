@@ -45,8 +45,8 @@ def _default_config() -> tuple[dict, int]:
 def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_steps: int, data_dir: str,
            threads: int, data_file: str | None = None) -> tuple[Callable[[], None], Callable[[], None]]:
     """(step, sync) for one pipeline, with the data for `num_steps` steps of its batches prepared. 'ours_file'
-    is 'ours' batching from `data_file`'s tensors (structure_file.py; its label 'gap') at the same indices; a name
-    ending in '_bf16' is that pipeline's forward pass under bfloat16 autocast (ours: precision.py)."""
+    is 'ours' batching from `data_file`'s tensors (data/structure_file.py; its label 'gap') at the same indices; a name
+    ending in '_bf16' is that pipeline's forward pass under bfloat16 autocast (ours: model/precision.py)."""
     import torch
 
     torch.set_num_threads(threads)

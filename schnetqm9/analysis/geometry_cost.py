@@ -5,7 +5,7 @@
     python -m schnetqm9.analysis.geometry_cost --molecules 100 --relax --start dft   # what --relax does to DFT minima themselves
 
 For the first M of a seeded permutation of the standard test split (molecules no shipped model trained on), each
-molecule's SMILES (qm9pack's column) becomes a structure exactly as `predict.py --smiles` makes it (smiles.py:
+molecule's SMILES (qm9pack's column) becomes a structure exactly as `predict.py --smiles` makes it (inference/smiles.py:
 ETKDG, MMFF94, seeded), optionally relaxed as `predict.py --relax` does (on the shipped U0 potential's surface).
 Every shipped model then predicts from the DFT geometry and from the RDKit one, and the table gives, per target,
 the MAE against QM9's DFT label of each, and their ratio (the goal with --relax: at most 1.5). SMILES that RDKit
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: {err}")
     rows = {}
     other = "RDKit geometry" if args.start == "smiles" else "DFT, relaxed"
-    print(f"{len(kept)} QM9 test molecules" + (f" from SMILES ({len(failed)} of {len(chosen)} could not be embedded or relaxed)"
-                                               if args.start == "smiles" else "")
+    lost = f" ({len(failed)} of {len(chosen)} could not be embedded or relaxed)" if failed else ""
+    print(f"{len(kept)} QM9 test molecules" + (" from SMILES" if args.start == "smiles" else "") + lost
           + (f", relaxed with {relaxer.name}" if args.relax else "")
           + ": MAE against DFT")
     print(f"{'target':<8} {'unit':<10} {'DFT geometry':>13} {other:>15} {'ratio':>6}")

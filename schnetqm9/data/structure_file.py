@@ -3,7 +3,7 @@
     python train.py --data my_molecules.extxyz --target energy --unit eV
     python train.py --data results.db --target homo,lumo --unit eV --readout mean
 
-Data flows as for QM9 (qm9_data.py)::
+Data flows as for QM9 (data/qm9.py)::
 
     FILE --ase.io.iread once--> flat tensors cached beside it (FILE.schnet-v1.pt) --> LabelledStructures
                                                                                   --> split_indices --> Batcher --> ...

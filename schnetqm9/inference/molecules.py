@@ -25,7 +25,7 @@ class Molecule:
     smiles: str = ""  # the SMILES it was built from, and its name in the .smi file
     name: str = ""
     charge: int | None = None  # net formal charge, known for a SMILES; None: taken as neutral
-    notes: list[str] = field(default_factory=list)  # why not to trust its prediction (domain.py, relaxation)
+    notes: list[str] = field(default_factory=list)  # why not to trust its prediction (inference/domain.py, relaxation)
     relax_rmsd: float | None = None  # how far --relax moved it (aligned RMSD, Angstrom)
 
 
@@ -97,7 +97,7 @@ def read_structure_file(path: str, allowed: set[int]) -> tuple[list[Molecule], l
 
 
 def from_smiles(text: str, allowed: set[int], file: str, index: int, name: str = "") -> Molecule:
-    """One SMILES as a Molecule with an RDKit geometry (smiles.py); UserError naming the SMILES if it cannot be."""
+    """One SMILES as a Molecule with an RDKit geometry (inference/smiles.py); UserError naming the SMILES if it cannot be."""
     try:
         mol = smiles_3d.parse(text)
         z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])

@@ -1,7 +1,7 @@
 """Predict QM9 properties for your own molecules with a trained checkpoint, optionally atom by atom.
 
     python predict.py mol1.xyz traj.extxyz ligand.sdf          # all twelve properties, shipped all-target model
-    python predict.py --smiles CCO c1ccccc1O                   # from SMILES (RDKit geometries, smiles.py)
+    python predict.py --smiles CCO c1ccccc1O                   # from SMILES (RDKit geometries, inference/smiles.py)
     python predict.py mols.smi --csv out.csv                   # a .smi file: a SMILES per line, a name optional
     python predict.py --target mu mol1.xyz                      # one of them
     python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0)
@@ -12,7 +12,7 @@ Structures are read with ASE (ase.io.read), so XYZ, extended XYZ, SDF/MOL, PDB, 
 reads work; a file with several frames gives one row per frame, with a column per property. A .smi file (a SMILES
 per line, a name after it optional) and --smiles give structures from RDKit. The checkpoint carries the
 architecture, targets, units and normalisation. Coordinates must be in Angstrom (ASE's unit). The note column
-says when a structure lies outside what the model was trained on (domain.py).
+says when a structure lies outside what the model was trained on (inference/domain.py).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from schnetqm9.model import checkpoint, precision, shipped
 def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device: torch.device,
                       batch_size: int = 256, mixed: str = "fp32") -> tuple[np.ndarray, list[np.ndarray]]:
     """Predictions [M, K] and per-atom contributions (one [n_m, K] array per molecule), in batches, with the
-    linear layers in `mixed` precision (precision.py)."""
+    linear layers in `mixed` precision (model/precision.py)."""
     model.eval()
     preds, contributions = [np.zeros((0, len(model.readouts)), dtype=np.float32)], []
     for start in range(0, len(molecules), batch_size):

@@ -5,7 +5,7 @@
 
 Under `bf16` the linear layers (the filter networks and the atom-wise layers, where the step spends its time) run
 in bfloat16 through torch.autocast; everything whose precision matters stays float32: the pair aggregation and the
-shifted softplus (their inputs are cast to float32 at the boundary, cpu_kernels.py, so the sums over neighbours
+shifted softplus (their inputs are cast to float32 at the boundary, model/kernels.py, so the sums over neighbours
 accumulate in float32), the distances and the Gaussian expansion, the output layer and the readout's sums with
 their atom references (schnet_model.SchNet), the loss, the optimiser state and the weight average (the parameters
 themselves stay float32; autocast casts a copy per operation).

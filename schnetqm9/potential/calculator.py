@@ -20,7 +20,7 @@ molecular dynamics (a trajectory's energy would wander by the rounding alone). T
 every call, so an atom that crosses the cutoff only switches a filter that the cosine envelope has taken to zero:
 the energy stays smooth.
 
-With `repulsion=True` (the default) the calculator adds repulsion.py's switched ZBL pair repulsion, which is zero
+With `repulsion=True` (the default) the calculator adds potential/repulsion.py's switched ZBL pair repulsion, which is zero
 at every pair farther apart than 0.9 A (so at every QM9 geometry: no QM9 prediction changes) and rises as
 k_e Z_i Z_j / r (screened) below it: atoms pushed together cost energy instead of falling into the holes that the
 model's extrapolation has there. `repulsion=False` gives the model's surface alone.

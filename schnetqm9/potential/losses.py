@@ -20,7 +20,7 @@ MMFF94's curvature at QM9's geometries is close to DFT's (its harmonic frequenci
 of QM9's: docs/POTENTIAL.md); its minimum is not, which the shift removes; and where atoms are pushed together
 its bonds and van der Waals terms push them apart. Bonds come from each DFT geometry (RDKit's rdDetermineBonds);
 molecules RDKit cannot type are left out of the prior term (their atoms get no target). Both terms differentiate
-forces, which are themselves a gradient: second derivatives through the model (cpu_kernels.py provides them).
+forces, which are themselves a gradient: second derivatives through the model (model/kernels.py provides them).
 
 A force residual r says little about how far the minimum lies: along a normal mode of curvature lambda it moves the
 minimum by r / lambda, so the same 0.03 eV/A is 0.001 A along a C-H stretch (lambda ~ 50 eV/A^2) and 0.3 A along a

@@ -26,7 +26,7 @@ import numpy as np
 
 from schnetqm9.cli import one_line
 
-HARTREE_TO_EV = 27.211386246  # CODATA 2018, as targets.py
+HARTREE_TO_EV = 27.211386246  # CODATA 2018, as data/targets.py
 BOHR_TO_ANGSTROM = 0.529177210903
 
 

@@ -14,7 +14,7 @@ charges Z_i, Z_j at distance r is
 it is multiplied by a switch s(r) that is 1 below R_ON, 0 above R_OFF and twice continuously differentiable
 (s = 1 - 10t^3 + 15t^4 - 6t^5, t = (r - R_ON) / (R_OFF - R_ON)), with R_OFF below every distance in QM9: it adds
 exactly nothing at any QM9 geometry, so a model's QM9 predictions do not change, and forces stay continuous for
-molecular dynamics. Added to the model's energy by the ASE calculator (ase_calculator.py); the energy model
+molecular dynamics. Added to the model's energy by the ASE calculator (potential/calculator.py); the energy model
 itself stays PyG's SchNet.
 """
 from __future__ import annotations

@@ -28,14 +28,14 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                    "ase.io.read reads (extended XYZ, ASE .db, ...); --target then names the label key(s) (a comma "
                    "list for several): an extended-XYZ comment-line key, an ASE database key-value pair, or a "
                    "calculator result such as energy. Split 80/10/10 (seeded) unless --split is given; parsed "
-                   "once and cached beside the file (structure_file.py)")
+                   "once and cached beside the file (data/structure_file.py)")
     p.add_argument("--unit", default="", help="with --data: the unit of the label(s), shown on outputs and figures")
     p.add_argument("--split", metavar="JSON", help="the train/val/test split of an earlier run (its "
                    "results/split*.json) instead of a new seeded one")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a checkpoint of this project (a shipped "
                    "model in models/, or any best_model*.pth): its embedding and interaction blocks are copied, "
                    "the output layers too for each target of the same name and unit; elements it never saw start "
-                   "fresh (transfer.py)")
+                   "fresh (model/transfer.py)")
     p.add_argument("--freeze-representation", action="store_true",
                    help="with --init-from: train only the output layers")
     p.add_argument("--epochs", type=int, default=defaults["epochs"],
@@ -79,7 +79,7 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         "loss, optimiser and weight average in float32; auto: bf16 only on hardware with native "
                         "bfloat16 and for targets measured not to lose accuracy per epoch (the gap and U0, without "
                         "force terms; the rest fp32: docs/PERFORMANCE.md); "
-                        "validation and test always in float32 (precision.py)")
+                        "validation and test always in float32 (model/precision.py)")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",
                    help="with several targets: balanced (each target's standardised loss divided by its running "
@@ -90,20 +90,20 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                    help="stop early after this many epochs without a better validation score (0: never)")
     p.add_argument("--force-weight", type=float, default=0.0, help="QM9's U0 as a potential: weight of a zero-force "
                    "term at the training geometries (DFT minima): mean_i |F_i|^2 / s^2 with F = -dU0/dr by autograd "
-                   "and s U0's loss scale per A (potential.py; second derivatives: ~2.3x the cost of a step)")
+                   "and s U0's loss scale per A (potential/losses.py; second derivatives: ~2.3x the cost of a step)")
     p.add_argument("--prior-weight", type=float, default=0.0, help="weight of the curvature term: forces at the "
                    "geometry displaced by --prior-noise trained towards MMFF94's, shifted to vanish at the DFT "
-                   "geometry (potential.py)")
+                   "geometry (potential/losses.py)")
     p.add_argument("--prior-noise", type=float, default=0.05, help="displacement of the curvature term, A per "
                    "coordinate (Gaussian)")
     p.add_argument("--prior-thermal", type=float, default=0.0, metavar="E", help="draw the curvature term's "
                    "displacements along MMFF94's normal modes at the DFT geometry, each with a mean harmonic energy "
                    "E/2 eV (E = k_B T; 0.025: 290 K), so that the soft modes move most, instead of --prior-noise on "
-                   "every coordinate (potential.py; 0: off)")
+                   "every coordinate (potential/losses.py; 0: off)")
     p.add_argument("--precondition", type=float, default=0.0, metavar="K", help="measure both force terms' "
                    "residuals through MMFF94's normal modes at the DFT geometry: along modes softer than K eV/A^2 "
                    "the residual is weighted by K / max(|curvature|, 0.1), the displacement it causes times K "
-                   "(potential.py; 0: off, plain squared forces)")
+                   "(potential/losses.py; 0: off, plain squared forces)")
     p.add_argument("--clip-grad", type=float, default=10.0, help="clip the gradient norm to this value")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="auto: CUDA when present")

@@ -58,9 +58,9 @@ def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: batching.Batc
     with s_k the target's loss scale (`scale` [K]), w_k its task weight (`weights` [K]) and l the squared or
     absolute error. `columns` [K] are the targets' columns of QM9's y. With several processes, `b` is this rank's
     share of a global batch of `global_size` molecules: each rank back-propagates its share's summed loss /
-    global_size and the gradients are summed over the ranks (distributed.py). Returns (this rank's part of each
+    global_size and the gradients are summed over the ranks (training/distributed.py). Returns (this rank's part of each
     target's loss [K], predictions [B, K]), detached, without a host synchronisation. `terms` adds the potential's
-    force terms (potential.py) for step `step`; `mixed` is the forward pass's precision (precision.py).
+    force terms (potential/losses.py) for step `step`; `mixed` is the forward pass's precision (model/precision.py).
     """
     pos = b.pos.detach().requires_grad_(True) if terms is not None else b.pos  # forces: dE/dr
     with precision.autocast(pos.device, mixed):
@@ -111,7 +111,7 @@ class Trainer:
     """The model, its weight average and optimiser, and the loop's steps: train an epoch, check the loss, validate,
     save state.
 
-    With several processes (distributed.py) every rank runs all of this on its share of each batch; only rank 0
+    With several processes (training/distributed.py) every rank runs all of this on its share of each batch; only rank 0
     writes files.
     """
     SNAPSHOT_EVERY = 200  # steps between the in-memory good states a loss spike rolls back to
@@ -129,7 +129,7 @@ class Trainer:
         refs = [torch.zeros(100) if r is None else torch.tensor(r) for r in norm["atomref"]]
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         model = SchNet(**meta["model_config"], mean=norm["mean"], std=norm["std"], atomref=torch.stack(refs, 1))
-        if start is not None:  # --init-from (transfer.py): (its checkpoint, {new output: its output})
+        if start is not None:  # --init-from (model/transfer.py): (its checkpoint, {new output: its output})
             meta["init_from"] = transfer.initialise(model, *start, args.init_from)
         if args.freeze_representation:
             transfer.freeze_representation(model)
@@ -153,7 +153,7 @@ class Trainer:
         self.task_weights = torch.ones(k, device=device)  # set from the running losses at each check
         self.precision = precision.resolve(args.precision, device, self.names,  # of the training steps
                                            forces=bool(args.force_weight or args.prior_weight))
-        self.potential = None  # U0 as a potential: the force terms of potential.py
+        self.potential = None  # U0 as a potential: the force terms of potential/losses.py
         if args.force_weight or args.prior_weight:
             u0 = self.names.index("U0")
             self.potential = potential.PotentialLoss(u0, self.scales[u0], args.force_weight, args.prior_weight,
@@ -516,7 +516,7 @@ def run(args: argparse.Namespace) -> dict:
     meta["elements"] = train_mols.z.unique().tolist()  # what predict.py accepts
     heavy = torch.zeros(len(split["train"]), dtype=torch.long).index_add_(0, train_mols.batch,
                                                                        (train_mols.z > 1).long())
-    meta["max_heavy_atoms"] = int(heavy.max())  # predict.py notes larger molecules (domain.py)
+    meta["max_heavy_atoms"] = int(heavy.max())  # predict.py notes larger molecules (inference/domain.py)
     trainer = Trainer(args, data, split, meta, device, world, start)
     p = trainer.restore(state) if state else Progress()
 
