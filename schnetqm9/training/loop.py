@@ -475,13 +475,38 @@ def check_shares(split: dict, batch_size: int, world: World) -> None:
                             "number of processes: pick a batch size that divides the training set, or fewer processes")
 
 
+def announce(trainer: Trainer, config: dict, device: torch.device, kernels: str) -> None:
+    """The run's banner: model, device and precision; targets; data, split and schedule; where it started from."""
+    args, meta, world, names = trainer.args, trainer.meta, trainer.world, trainer.names
+    fitted = " + per-element references fitted on the training structures" if args.data else ""
+    what = ", ".join(f"{t['name']} ({t['unit'] + ', ' if t['unit'] else ''}{t['output']}"
+                     + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
+    print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels} | "
+          f"training steps in {trainer.precision}")
+    if world.main and (warning := precision.emulation_warning(args.precision, device)):  # once, not per rank
+        print(warning, file=sys.stderr)
+    print(f"target{'s' if len(names) > 1 else ''}: {what}"
+          + ("" if len(names) == 1 else f" | task weights {args.task_weights}"))
+    print(f"{'molecules' if args.data is None else Path(args.data).name}: {len(trainer.train_idx):,} train / "
+          f"{len(trainer.val_idx):,} val / {len(trainer.test_idx):,} test | "
+          f"batch {args.batch_size}, {trainer.steps_per_epoch} steps per epoch | weight average "
+          + (f"decay {args.ema_decay:g}" if args.ema_decay else "off")
+          + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min")
+          + ("" if not world.active else f" | {world.size} processes, {torch.get_num_threads()} thread(s) each"))
+    if "init_from" in meta:
+        init = meta["init_from"]
+        print(f"started from {init['checkpoint']}: embedding of elements {init['elements']} and the interaction "
+              "blocks" + (f", output layers of {', '.join(init['outputs_copied'])}" if init["outputs_copied"] else "")
+              + (" (frozen: only the output layers train)" if args.freeze_representation else ""))
+
+
 def run(args: argparse.Namespace) -> dict:
     train_args.check_args(args)
     world, device = join_processes(args, resolve_device(args.device))
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     data, specs = sources.open_data(args.data, args.targets, args.unit, args.readout, args.data_dir)
-    names, readouts = args.targets, targets.readouts(specs, args.readout)
+    readouts = targets.readouts(specs, args.readout)
     config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
                   num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
                   cutoff=float(args.cutoff), readout=readouts[0] if len(readouts) == 1 else readouts)
@@ -521,26 +546,7 @@ def run(args: argparse.Namespace) -> dict:
     p = trainer.restore(state) if state else Progress()
 
     kernels = cpu_kernels.backend() if device.type == "cpu" else "pure PyTorch"
-    fitted = " + per-element references fitted on the training structures" if args.data else ""
-    what = ", ".join(f"{t['name']} ({t['unit'] + ', ' if t['unit'] else ''}{t['output']}"
-                     + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
-    print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels} | "
-          f"training steps in {trainer.precision}")
-    if world.main and (warning := precision.emulation_warning(args.precision, device)):  # once, not per rank
-        print(warning, file=sys.stderr)
-    print(f"target{'s' if len(names) > 1 else ''}: {what}"
-          + ("" if len(names) == 1 else f" | task weights {args.task_weights}"))
-    print(f"{'molecules' if args.data is None else Path(args.data).name}: {len(split['train']):,} train / "
-          f"{len(split['val']):,} val / {len(split['test']):,} test | "
-          f"batch {args.batch_size}, {trainer.steps_per_epoch} steps per epoch | weight average "
-          + (f"decay {args.ema_decay:g}" if args.ema_decay else "off")
-          + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min")
-          + ("" if not world.active else f" | {world.size} processes, {torch.get_num_threads()} thread(s) each"))
-    if "init_from" in meta:
-        init = meta["init_from"]
-        print(f"started from {init['checkpoint']}: embedding of elements {init['elements']} and the interaction "
-              "blocks" + (f", output layers of {', '.join(init['outputs_copied'])}" if init["outputs_copied"] else "")
-              + (" (frozen: only the output layers train)" if args.freeze_representation else ""))
+    announce(trainer, config, device, kernels)
     if state:
         print(f"Resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.step_in_epoch}, "
               f"{p.elapsed / 60:.1f} min spent")
