@@ -127,3 +127,11 @@ def test_displaced_geometries(qm9) -> None:
     ratio = steps.std(0) / expected
     assert 0.8 < np.median(ratio) < 1.2
     assert steps.std(0)[0] > 3 * steps.std(0)[-1]  # the softest mode moves more than the stiffest
+
+
+def test_heavy_atoms_are_counted_per_molecule(qm9) -> None:
+    """The size filter of the training inputs: methane has one heavy atom, and every count equals the molecule's."""
+    heavy = displace.heavy_atoms(qm9)
+    assert heavy[0] == 1 and int(heavy.max()) == 9
+    for i in (0, 2, 100, 57_000, 130_830):
+        assert int(heavy[i]) == int((qm9[i].z > 1).sum())

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from schnetqm9.cli import Parser, UserError
+from schnetqm9.data.batch import molecule_of_atoms
 from schnetqm9.data.qm9 import QM9
 from schnetqm9.data.splits import standard_split
 from schnetqm9.data.targets import TARGETS
@@ -72,6 +73,11 @@ def draw(pos: np.ndarray, modes: tuple[np.ndarray, np.ndarray], kind: str, amoun
         if d.min() >= CLOSEST:
             return new
     raise RuntimeError("no draw kept its atoms apart in 100 tries")
+
+
+def heavy_atoms(qm9: QM9) -> torch.Tensor:
+    """Each molecule's number of atoms heavier than hydrogen: [num_molecules]."""
+    return torch.bincount(molecule_of_atoms(qm9.num_atoms), weights=(qm9.z > 1).double(), minlength=len(qm9)).long()
 
 
 def frames(qm9: QM9, mols: list[int], kinds: list[str], split: str, softest: float, seed: int):
@@ -123,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         qm9 = QM9(args.data_dir)
         part = standard_split()[args.split]
         part = part[torch.randperm(len(part), generator=torch.Generator().manual_seed(args.seed))]
-        heavy = (qm9.z > 1).long().bincount(torch.repeat_interleave(torch.arange(len(qm9)), qm9.num_atoms),
-                                            minlength=len(qm9))
+        heavy = heavy_atoms(qm9)
         part = part[heavy[part] <= args.max_heavy_atoms][: args.molecules].tolist()
         out = list(frames(qm9, part, kinds, args.split, args.softest, args.seed))
     except UserError as err:
