@@ -198,6 +198,40 @@ def test_init_from_copies_the_representation_and_matching_outputs(qm9) -> None:
     assert not torch.allclose(ours[:, 1], theirs, atol=1.0)
 
 
+
+def test_a_renamed_output_starts_at_the_old_prediction_plus_a_constant_per_atom(qm9) -> None:
+    """--init-output energy=U0: labels that are the shipped U0 model's prediction, less its free-atom references,
+    plus a constant per element (as QM9's electronic energy is U0 less a nearly per-atom zero-point energy): the
+    refitted references recover the constants, so the new model starts on the labels."""
+    src = transfer.load_source(shipped.path("U0"), dict(FULL_CONFIG))
+    new_targets = [dict(name="energy", unit="eV")]
+    with pytest.raises(UserError, match="no output gap in eV"):
+        transfer.matching_outputs(src, new_targets, {"energy": "gap"})
+    with pytest.raises(UserError, match="NEW=OLD"):
+        transfer.parse_renames("energy")
+    matches = transfer.matching_outputs(src, new_targets, transfer.parse_renames("energy=U0"))
+    assert matches == {0: 0}
+    idx = torch.arange(2000, 2400)
+    batcher = batching.Batcher(qm9)
+    b = batcher(idx)
+    old = ckpt_io.build_model(src)
+    constant = torch.zeros(100, dtype=torch.float64)
+    constant[[1, 6, 7, 8, 9]] = torch.tensor([-0.12, 0.35, 0.2, -0.4, 0.1], dtype=torch.float64)
+    per_atom = lambda values: torch.zeros(len(idx), dtype=torch.float64).index_add_(0, b.batch, values[b.z])  # noqa: E731
+    u0 = batched_outputs(old, batcher, idx, 512)[:, 0].double()
+    y = (u0 - per_atom(old.atomref[:, 0].double()) + per_atom(constant))[:, None]  # [M, 1]
+    norm = transfer.carry_normalisation(src, matches, dict(mean=[0.0], std=[1.0], loss_scale=[1.0], atomref=[None]))
+    norm = transfer.refit_references(src, matches, lambda m: batched_outputs(m, batcher, idx, 512), y, b.z, b.batch,
+                                     norm)
+    present = b.z.unique()
+    torch.testing.assert_close(torch.tensor(norm["atomref"][0], dtype=torch.float64)[present], constant[present],
+                               rtol=0, atol=2e-3)
+    model = SchNet(**FULL_CONFIG, readout=["add"], mean=norm["mean"], std=norm["std"],
+                   atomref=torch.tensor(norm["atomref"][0])[:, None])
+    transfer.initialise(model, src, matches, "models/schnet_qm9_U0.pth")
+    start = batched_outputs(model.eval(), batcher, idx, 512)[:, 0].double()
+    assert (start - y[:, 0]).abs().max() < 0.02  # eV: float32 sums of ~10^2 eV atom terms
+
 @pytest.mark.slow
 def test_fine_tuning_a_shipped_model_with_a_frozen_representation(labelled_file: Path, tmp_path) -> None:
     proc = train(["--data", str(labelled_file), "--target", "gap", "--unit", "eV", "--readout", "mean",

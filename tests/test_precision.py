@@ -17,7 +17,7 @@ from schnetqm9.data import splits
 from schnetqm9.inference import predictions as predict
 from schnetqm9.model import checkpoint, precision, shipped
 from schnetqm9.model import kernels as cpu_kernels
-from schnetqm9.training import loop as train
+from schnetqm9.training.step import Objective, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -62,7 +62,7 @@ def test_a_bf16_training_step_follows_the_fp32_gradient(qm9) -> None:
         model = SchNet(**LITE_CONFIG, readout="mean", mean=6.8, std=1.3)
         opt = optim.FlatAdam(model, 1e-3)
         opt.step = lambda: None  # keep the weights: compare the gradients of the same point
-        train.train_step(model, opt, b, torch.tensor([4]), torch.tensor([1.3]), torch.ones(1), mixed=mixed)
+        train_step(model, opt, b, Objective.single(4, 1.3), mixed=mixed)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
     assert torch.isfinite(grads[1]).all() and cosine > 0.99

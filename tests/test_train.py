@@ -20,6 +20,7 @@ from schnetqm9.model import checkpoint
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.training import loop as train
 from schnetqm9.training import optim
+from schnetqm9.training.step import Objective, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,8 +187,7 @@ def test_flat_adam_takes_the_same_steps_as_adam(qm9) -> None:
         model = SchNet(**LITE_CONFIG, mean=0.0, std=1.0)
         opt = optim.FlatAdam(model, 1e-3) if flat else torch.optim.Adam(model.parameters(), lr=1e-3)
         for b in batches:
-            train.train_step(model, opt, b, torch.tensor([4]), torch.ones(1), torch.ones(1),
-                             clip_grad=0.5)  # small max norm: clipping is active
+            train_step(model, opt, b, Objective.single(4), clip_grad=0.5)  # small max norm: clipping is active
         models.append(model)
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name

@@ -1,4 +1,4 @@
-"""What each term of the potential's loss costs: train.py's own training step (train.train_step with
+"""What each term of the potential's loss costs: train.py's own training step (training/step.train_step with
 potential.PotentialLoss) on the default model, batch 32 QM9 molecules, energy loss alone, with the zero-force term,
 with the MMFF94 prior term, with both, and with both preconditioned (--precondition 1); and the MMFF94 parts alone:
 the prior's (bond perception, typing and two force evaluations per molecule, potential.prior_targets) and the
@@ -15,8 +15,8 @@ from schnet_model import FULL_CONFIG, SchNet
 from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.potential import losses as potential
-from schnetqm9.training import loop as train
 from schnetqm9.training.optim import FlatAdam
+from schnetqm9.training.step import Objective, train_step
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False)
@@ -34,7 +34,7 @@ def timed(force_weight: float, prior_weight: float, stiffness: float) -> float:
         0, 10.3, force_weight, prior_weight, 0.05, seed=0, stiffness=stiffness)
     t = time.perf_counter()
     for s, b in enumerate(batches):
-        train.train_step(model, opt, b, column, scale, one, terms=terms, step=s)
+        train_step(model, opt, b, Objective(column, scale, one, terms=terms), step=s)
     return (time.perf_counter() - t) / len(batches) * 1000
 
 

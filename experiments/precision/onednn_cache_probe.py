@@ -1,4 +1,4 @@
-"""Peak memory and time of 300 default training steps in bf16 (batch 32, random QM9 molecules, train.train_step)
+"""Peak memory and time of 300 default training steps in bf16 (batch 32, random QM9 molecules, training/step.train_step)
 for a given size of oneDNN's kernel cache (precision.py sets 32 unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set):
 
     OMP_NUM_THREADS=1 python -m experiments.precision.onednn_cache_probe 32      # the repo's setting
@@ -17,18 +17,18 @@ import torch
 from schnet_model import FULL_CONFIG, SchNet
 from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
-from schnetqm9.training import loop as train
 from schnetqm9.training.optim import FlatAdam
+from schnetqm9.training.step import Objective, train_step
 
 torch.manual_seed(0)
 q = qm9_data.QM9("data", progress=False)
 bat = batching.Batcher(q)
 model = SchNet(**FULL_CONFIG)
 opt = FlatAdam(model, 1e-4)
-column, scale, one = torch.tensor([4]), torch.ones(1), torch.ones(1)
+objective = Objective.single(4)
 t = time.perf_counter()
 for step in range(301):
-    train.train_step(model, opt, bat(torch.randint(0, len(q), (32,))), column, scale, one, mixed="bf16")
+    train_step(model, opt, bat(torch.randint(0, len(q), (32,))), objective, mixed="bf16")
     if step % 100 == 0:
         print(f"cache {os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']:>5}: step {step:3d}, peak "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, {time.perf_counter() - t:.1f} s",

@@ -15,8 +15,8 @@ from schnet_model import FULL_CONFIG, SchNet
 from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.data import splits
-from schnetqm9.training import loop as train
 from schnetqm9.training import optim
+from schnetqm9.training.step import Objective, train_step
 
 
 def main() -> None:
@@ -28,13 +28,13 @@ def main() -> None:
     train_idx = splits.standard_split()["train"]
     batches = [batcher(train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(k))[:32]])
                for k in range(8)]
-    args = (torch.tensor([4]), torch.tensor([1.3]), torch.ones(1))
+    objective = Objective.single(4, 1.3)
     for mixed in ("fp32", "bf16"):
         for b in batches[:2]:
-            train.train_step(model, optimizer, b, *args, mixed=mixed)
+            train_step(model, optimizer, b, objective, mixed=mixed)
         with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             for b in batches[2:]:
-                train.train_step(model, optimizer, b, *args, mixed=mixed)
+                train_step(model, optimizer, b, objective, mixed=mixed)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         products = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]

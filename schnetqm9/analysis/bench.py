@@ -53,8 +53,8 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
     from schnetqm9.data import batch as batching
     from schnetqm9.data import qm9 as qm9_data
     from schnetqm9.data import splits, targets
-    from schnetqm9.training import loop as train
     from schnetqm9.training import optim
+    from schnetqm9.training.step import Objective, train_step
 
     device = torch.device(device_name)
     mixed = "bf16" if pipeline.endswith("_bf16") else "fp32"
@@ -85,10 +85,10 @@ def _setup(pipeline: str, config: dict, batch_size: int, device_name: str, num_s
         batcher = batching.Batcher(source, device)
         batches = iter(order.split(batch_size))
         scale = source.y[train_idx][:, columns.cpu()].std(0).to(device)
-        weights = torch.ones(len(names), device=device)
+        objective = Objective(columns, scale, torch.ones(len(names), device=device))
 
         def step() -> None:
-            train.train_step(model, optimizer, batcher(next(batches)), columns, scale, weights, mixed=mixed)
+            train_step(model, optimizer, batcher(next(batches)), objective, mixed=mixed)
     else:
         from torch_geometric.loader import DataLoader
 
@@ -149,7 +149,7 @@ def measure_throughput(config: dict, batch_size: int, device_name: str, warmup: 
     return rates
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
@@ -171,95 +171,116 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "train.py --precision bf16; PyG: torch.autocast, a fair peer) in the same rounds")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     p.add_argument("--data-dir", default="data")
-    args = p.parse_args(argv)
+    return p
 
-    import torch
 
+def check(args: argparse.Namespace) -> tuple[str, int, int]:
+    """(device type, timed steps, warm-up steps) of the flags; UserError for flags that cannot run. Builds QM9's
+    cache (and --data's) before the measuring processes start."""
     from schnetqm9.cli import UserError, resolve_device
+    from schnetqm9.data import qm9 as qm9_data
 
-    try:
-        device = resolve_device(args.device).type
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    device = resolve_device(args.device).type
     steps = args.steps or (600 if device == "cuda" else 60)
     warmup = args.warmup if args.warmup is not None else (50 if device == "cuda" else 10)
     if args.rounds <= 0:
-        sys.exit(f"error: --rounds must be positive, got {args.rounds}")
+        raise UserError(f"--rounds must be positive, got {args.rounds}")
     if steps < args.rounds:
-        sys.exit(f"error: --steps ({steps}) must be at least --rounds ({args.rounds}): each round times "
-                 "steps // rounds")
+        raise UserError(f"--steps ({steps}) must be at least --rounds ({args.rounds}): each round times "
+                        "steps // rounds")
     if warmup < 0:
-        sys.exit(f"error: --warmup must be non-negative, got {warmup}")
-    from schnetqm9 import files
-    from schnetqm9.data import qm9 as qm9_data
-    from schnetqm9.model import graph
-    from schnetqm9.model import kernels as cpu_kernels
-
-    qm9_data.QM9(args.data_dir)  # build the cache and the kernels once, before the measuring processes start
+        raise UserError(f"--warmup must be non-negative, got {warmup}")
+    qm9_data.QM9(args.data_dir)
     if args.data:
         from schnetqm9.data.structure_file import LabelledStructures
 
-        try:
-            size = len(LabelledStructures(args.data, ["gap"]))  # its cache too, and its errors in one line here
-        except UserError as err:
-            sys.exit(f"error: {err}")
+        size = len(LabelledStructures(args.data, ["gap"]))
         if size != qm9_data.NUM_MOLECULES:
-            sys.exit(f"error: --data {args.data} holds {size} structures: it must be QM9 written as a file "
-                     f"({qm9_data.NUM_MOLECULES} structures, in QM9's order) so that both pipelines train on the "
-                     "same molecules")
-    kernels = cpu_kernels.backend() if device == "cpu" else "pure PyTorch (CUDA)"
-    configs = dict(CONFIGS, default=_default_config())
-    names = list(configs) if args.config == "all" else [args.config]
-    threads = torch.get_num_threads()
-    hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
-    block = steps // args.rounds
-    print(f"bench: {hardware} | torch {torch.__version__} | ours: {kernels} | reference radius graph: "
-          f"{graph.RADIUS_BACKEND} | {warmup} warm-up steps, then {args.rounds} alternating blocks of {block} "
-          f"timed steps per pipeline")
-    ctx = mp.get_context("spawn")
-    rows = []
-    for name in names:
-        config, batch_size = configs[name]
-        with ctx.Pool(1) as pool:
-            rates = pool.apply(measure_throughput, (config, batch_size, device, warmup, block * args.rounds,
-                                                    args.rounds, args.data_dir, threads, args.multi_target,
-                                                    args.data, args.bf16))
-        peaks = {}
-        for pipeline in ("reference", "ours"):
-            with ctx.Pool(1) as pool:
-                peaks[pipeline] = pool.apply(measure_memory, (pipeline, config, batch_size, device, warmup + block,
-                                                              args.data_dir, threads))
-        ours, ref = statistics.median(rates["ours"]), statistics.median(rates["reference"])
-        per_round = [a / b for a, b in zip(rates["ours"], rates["reference"])]
-        rows.append(dict(config=name, device=device, hardware=hardware, batch_size=batch_size, model=config,
-                         ours_mol_s=ours, reference_mol_s=ref, ratio=ours / ref, ratio_min=min(per_round),
-                         ratio_max=max(per_round), ours_peak_mb=peaks["ours"], reference_peak_mb=peaks["reference"],
-                         warmup=warmup, rounds=args.rounds, steps_per_round=block, ours_kernels=kernels))
-        print(f"  {name}: ours {ours:,.0f} mol/s, reference {ref:,.0f} mol/s, ratio {ours / ref:.2f}x "
-              f"(rounds: {min(per_round):.2f}-{max(per_round):.2f}x)", flush=True)
-        extra = [("ours_all", "all_vs_one", "with all twelve targets", "one target")] if args.multi_target else []
-        if args.data:
-            extra.append(("ours_file", "file_vs_qm9", f"batching from {Path(args.data).name}", "QM9's"))
-        extra = [(pipeline, "ours", key, f"ours {what}", base) for pipeline, key, what, base in extra]
-        if args.bf16:  # bfloat16 against float32, ours against PyG's
-            extra += [("ours_bf16", "ours", "bf16_vs_fp32", "ours bf16", "ours fp32"),
-                      ("reference_bf16", "reference", "reference_bf16_vs_fp32", "PyG bf16", "PyG fp32"),
-                      ("ours_bf16", "reference", "bf16_vs_reference", "ours bf16", "PyG fp32"),
-                      ("ours_bf16", "reference_bf16", "bf16_vs_reference_bf16", "ours bf16", "PyG bf16")]
-        for pipeline, against, key, what, base in extra:  # one step against another, round by round
-            rate, other = statistics.median(rates[pipeline]), statistics.median(rates[against])
-            per_round = [a / b for a, b in zip(rates[pipeline], rates[against])]
-            rows[-1].update({f"{pipeline}_mol_s": rate, key: rate / other, f"{key}_min": min(per_round),
-                             f"{key}_max": max(per_round)})
-            print(f"  {name}: {what} {rate:,.0f} mol/s, {rate / other:.3f}x {base} "
-                  f"(rounds: {min(per_round):.3f}-{max(per_round):.3f}x)", flush=True)
+            raise UserError(f"--data {args.data} holds {size} structures: it must be QM9 written as a file "
+                            f"({qm9_data.NUM_MOLECULES} structures, in QM9's order) so that both pipelines train "
+                            "on the same molecules")
+    return device, steps, warmup
 
+
+def comparisons(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+    """(pipeline, the one it is compared with, row key, what, against what) for the extra pipelines asked for."""
+    extra = [("ours_all", "all_vs_one", "with all twelve targets", "one target")] if args.multi_target else []
+    if args.data:
+        extra.append(("ours_file", "file_vs_qm9", f"batching from {Path(args.data).name}", "QM9's"))
+    extra = [(pipeline, "ours", key, f"ours {what}", base) for pipeline, key, what, base in extra]
+    if args.bf16:  # bfloat16 against float32, ours against PyG's
+        extra += [("ours_bf16", "ours", "bf16_vs_fp32", "ours bf16", "ours fp32"),
+                  ("reference_bf16", "reference", "reference_bf16_vs_fp32", "PyG bf16", "PyG fp32"),
+                  ("ours_bf16", "reference", "bf16_vs_reference", "ours bf16", "PyG fp32"),
+                  ("ours_bf16", "reference_bf16", "bf16_vs_reference_bf16", "ours bf16", "PyG bf16")]
+    return extra
+
+
+def bench_config(name: str, config: dict, batch_size: int, args: argparse.Namespace, device: str, warmup: int,
+                 block: int, threads: int) -> dict:
+    """One configuration's row: each pipeline's speed (alternating rounds in one process) and peak memory (each in
+    a fresh process), and the ratios of the comparisons asked for, printed as they come."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        rates = pool.apply(measure_throughput, (config, batch_size, device, warmup, block * args.rounds,
+                                                args.rounds, args.data_dir, threads, args.multi_target,
+                                                args.data, args.bf16))
+    peaks = {}
+    for pipeline in ("reference", "ours"):
+        with ctx.Pool(1) as pool:
+            peaks[pipeline] = pool.apply(measure_memory, (pipeline, config, batch_size, device, warmup + block,
+                                                          args.data_dir, threads))
+    ours, ref = statistics.median(rates["ours"]), statistics.median(rates["reference"])
+    per_round = [a / b for a, b in zip(rates["ours"], rates["reference"])]
+    row = dict(config=name, batch_size=batch_size, model=config, ours_mol_s=ours, reference_mol_s=ref,
+               ratio=ours / ref, ratio_min=min(per_round), ratio_max=max(per_round), ours_peak_mb=peaks["ours"],
+               reference_peak_mb=peaks["reference"], warmup=warmup, rounds=args.rounds, steps_per_round=block)
+    print(f"  {name}: ours {ours:,.0f} mol/s, reference {ref:,.0f} mol/s, ratio {ours / ref:.2f}x "
+          f"(rounds: {min(per_round):.2f}-{max(per_round):.2f}x)", flush=True)
+    for pipeline, against, key, what, base in comparisons(args):  # one step against another, round by round
+        rate, other = statistics.median(rates[pipeline]), statistics.median(rates[against])
+        per_round = [a / b for a, b in zip(rates[pipeline], rates[against])]
+        row.update({f"{pipeline}_mol_s": rate, key: rate / other, f"{key}_min": min(per_round),
+                    f"{key}_max": max(per_round)})
+        print(f"  {name}: {what} {rate:,.0f} mol/s, {rate / other:.3f}x {base} "
+              f"(rounds: {min(per_round):.3f}-{max(per_round):.3f}x)", flush=True)
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
     print("\n| config | device | batch | ours (mol/s) | PyG reference (mol/s) | ratio (rounds) | ours peak (MB) | "
           "reference peak (MB) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['hardware']} | {r['batch_size']} | {r['ours_mol_s']:,.0f} | "
               f"{r['reference_mol_s']:,.0f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
               f"{r['ours_peak_mb']:,.0f} | {r['reference_peak_mb']:,.0f} |")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from schnetqm9 import files
+    from schnetqm9.cli import UserError
+    from schnetqm9.model import graph
+    from schnetqm9.model import kernels as cpu_kernels
+
+    try:
+        device, steps, warmup = check(args)
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    kernels = cpu_kernels.backend() if device == "cpu" else "pure PyTorch (CUDA)"
+    configs = dict(CONFIGS, default=_default_config())
+    threads = torch.get_num_threads()
+    hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
+    block = steps // args.rounds
+    print(f"bench: {hardware} | torch {torch.__version__} | ours: {kernels} | reference radius graph: "
+          f"{graph.RADIUS_BACKEND} | {warmup} warm-up steps, then {args.rounds} alternating blocks of {block} "
+          f"timed steps per pipeline")
+    rows = [dict(bench_config(name, *configs[name], args, device, warmup, block, threads), device=device,
+                 hardware=hardware, ours_kernels=kernels)
+            for name in (list(configs) if args.config == "all" else [args.config])]
+    print_table(rows)
     if args.json:
         with files.atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(rows, indent=2) + "\n")

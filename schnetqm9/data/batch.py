@@ -21,12 +21,14 @@ def molecule_of_atoms(counts: Tensor, total: int | None = None) -> Tensor:
 
 @dataclass
 class Batch:
-    """A batch of molecules: z [N] long, pos [N, 3], batch [N] (molecule of each atom, 0..B-1), y [B, 19]."""
+    """A batch of molecules: z [N] long, pos [N, 3], batch [N] (molecule of each atom, 0..B-1), y [B, columns]
+    and, where the data has them, forces [N, 3] (eV/Angstrom, NaN where unknown; None for QM9)."""
 
     z: Tensor
     pos: Tensor
     batch: Tensor
     y: Tensor
+    forces: Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -43,6 +45,8 @@ class Batcher:
         self.y = data.y.to(device)
         self.ptr = data.ptr.to(device)
         self.num_atoms = data.num_atoms.to(device)
+        forces = getattr(data, "forces", None)
+        self.forces = None if forces is None else forces.to(device)
 
     def __call__(self, mols: Tensor) -> Batch:
         """mols: [B] molecule indices (on any device) -> Batch on this batcher's device."""
@@ -54,4 +58,4 @@ class Batcher:
         start = self.ptr.index_select(0, mols) - (torch.cumsum(counts, 0) - counts)  # [B]
         atoms = start.index_select(0, batch) + torch.arange(total, device=mols.device)  # [N]
         return Batch(self.z.index_select(0, atoms), self.pos.index_select(0, atoms), batch,
-                     self.y.index_select(0, mols))
+                     self.y.index_select(0, mols), None if self.forces is None else self.forces.index_select(0, atoms))

@@ -50,7 +50,8 @@ def save_split(split: dict[str, Tensor], path: str | Path, **meta) -> None:
 
 def load_split(path: str | Path, num_molecules: int | None = None) -> dict[str, Tensor]:
     """A split written by `save_split`; with `num_molecules`, checked to fit a data set of that size (ValueError:
-    indices out of range, sets that overlap or are empty)."""
+    indices out of range, sets that overlap or are empty). A set may name a structure more than once (it is then
+    seen that many times per epoch)."""
     payload = json.loads(Path(path).read_text())
     split = {k: torch.tensor(payload[k], dtype=torch.long) for k in ("train", "val", "test")}
     if num_molecules is not None:
@@ -59,7 +60,7 @@ def load_split(path: str | Path, num_molecules: int | None = None) -> dict[str, 
             raise ValueError("a set of the split is empty")
         if int(every.min()) < 0 or int(every.max()) >= num_molecules:
             raise ValueError(f"its indices reach {int(every.max())}, beyond the {num_molecules} structures of the data")
-        if len(every.unique()) != len(every):
+        if sum(len(v.unique()) for v in split.values()) != len(every.unique()):
             raise ValueError("its training, validation and test sets overlap")
     return split
 

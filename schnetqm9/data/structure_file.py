@@ -11,8 +11,9 @@ Data flows as for QM9 (data/qm9.py)::
 A structure's label under KEY is, in this order: its extended-XYZ comment-line entry (`atoms.info[KEY]`), its ASE
 database key-value pair, or its calculator result (`energy`, `free_energy`, ... as ASE stores them: extended XYZ
 files written with energies keep them there). The parse keeps every scalar numeric label of every structure (NaN
-where a structure lacks one), so another `--target` reads the same cache. Only molecules: periodic cells are
-refused.
+where a structure lacks one), so another `--target` reads the same cache. Forces (eV/Angstrom, per atom) come from the
+extended-XYZ `forces` column or the calculator's `forces`, for `train.py --force-weight`. Only molecules: periodic
+cells are refused.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch import Tensor
 from schnetqm9.cli import UserError
 from schnetqm9.files import atomic_write
 
-CACHE_FORMAT = 1  # bump when the cached tensors change meaning
+CACHE_FORMAT = 2  # bump when the cached tensors change meaning
 MAX_Z = 99  # SchNet's embedding has rows 0-99; row 0 is padding
 
 
@@ -80,6 +81,14 @@ def _results(atoms) -> dict:
     return dict(getattr(calc, "results", None) or {})
 
 
+def _forces(atoms) -> np.ndarray | None:
+    """The structure's forces [n, 3] (a per-atom `forces` array, or its calculator's), or None."""
+    value = atoms.arrays.get("forces")
+    if value is None:
+        value = _results(atoms).get("forces")
+    return None if value is None else np.asarray(value, dtype=np.float64).reshape(len(atoms), 3)
+
+
 def _scalar(value) -> float | None:
     """A label as a float, or None when it is not one number (a string, a vector such as forces, ...)."""
     if isinstance(value, (bool, np.bool_)):
@@ -95,12 +104,13 @@ def parse(path: Path, progress: bool = True) -> dict:
     """Read every structure of `path` into flat tensors.
 
     Returns z [num_atoms] int64, pos [num_atoms, 3] float32 (Angstrom), ptr [M + 1] int64 (structure m owns atoms
-    ptr[m]:ptr[m+1]) and labels {key: [M] float64, NaN where a structure has none}. Raises UserError for a file
+    ptr[m]:ptr[m+1]), labels {key: [M] float64, NaN where a structure has none} and forces [num_atoms, 3] float32
+    (NaN on the atoms of a structure without forces; None when no structure has them). Raises UserError for a file
     ASE cannot read, a periodic structure, an element outside 1-99, or a non-finite coordinate.
     """
     from tqdm.auto import tqdm
 
-    zs, poss, counts, labels = [], [], [], {}
+    zs, poss, counts, labels, forces = [], [], [], {}, []
     try:
         frames = tqdm(_frames(path), desc=f"Reading {path.name}", unit=" structures",
                       disable=None if progress else True)  # None: off when stderr is not a terminal
@@ -119,6 +129,7 @@ def parse(path: Path, progress: bool = True) -> dict:
                 raise UserError(f"{path}: structure {m} has a coordinate that is not finite (NaN or infinite)")
             zs.append(z)
             poss.append(pos)
+            forces.append(_forces(atoms))
             counts.append(len(z))
             for key, value in found.items():
                 number = _scalar(value)
@@ -139,8 +150,11 @@ def parse(path: Path, progress: bool = True) -> dict:
         column = np.full(num, np.nan)
         column[list(by_structure)] = list(by_structure.values())
         dense[key] = torch.from_numpy(column)
+    known = any(f is not None for f in forces)
+    flat = np.concatenate([np.full((n, 3), np.nan) if f is None else f for f, n in zip(forces, counts)])
     return dict(z=torch.from_numpy(np.concatenate(zs)), pos=torch.from_numpy(np.concatenate(poss).astype(np.float32)),
-                ptr=torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])), labels=dense)
+                ptr=torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])), labels=dense,
+                forces=torch.from_numpy(flat.astype(np.float32)) if known else None)
 
 
 def load_tensors(path: Path, progress: bool = True) -> dict:
@@ -170,7 +184,8 @@ def load_tensors(path: Path, progress: bool = True) -> dict:
 class LabelledStructures:
     """The structures of a file and their labels under `keys`, as the flat tensors qm9_data.QM9 holds:
 
-        z [num_atoms] long, pos [num_atoms, 3] float32 (Angstrom), ptr [M + 1], num_atoms [M], y [M, K]
+        z [num_atoms] long, pos [num_atoms, 3] float32 (Angstrom), ptr [M + 1], num_atoms [M], y [M, K],
+        forces [num_atoms, 3] float32 (eV/Angstrom; NaN rows for structures without) or None
 
     with y's column k the label `keys[k]` (float32). Every structure must carry every key as a finite number.
     """
@@ -193,6 +208,7 @@ class LabelledStructures:
         self.ptr: Tensor = t["ptr"]
         self.num_atoms: Tensor = self.ptr.diff()
         self.y: Tensor = torch.stack([labels[k] for k in keys], 1).float()  # [M, K]
+        self.forces: Tensor | None = t.get("forces")
 
     def __len__(self) -> int:
         return len(self.y)

@@ -5,6 +5,11 @@ What carries over, and why:
         which knows chemistry whatever the label;
     the output layers (lin1, and lin2's row for a target) and that target's standardisation (mean, std, per-element
         references) only for a target of the same name and unit, where the old output is the right start;
+    with `--init-output NEW=OLD`, the output layers and standardisation of the checkpoint's target OLD for the new
+        target NEW (same unit), a related quantity (e.g. QM9's electronic energy from its U0): the per-element
+        references of NEW are then fitted to what the copied output misses on the new training structures,
+            ref_NEW = argmin_e sum_m (y_m - [f_OLD(x_m) - sum_i ref_OLD(z_i)] - sum_i e(z_i))^2,
+        so that the new model starts at the old prediction plus a constant per atom (`refit_references`);
     nothing else: elements the checkpoint never saw keep the new model's fresh embedding rows (the checkpoint's rows
         for them were never trained), new targets get fresh output rows.
 `--freeze-representation` then trains only the output layers (the embedding and interactions get no gradient and
@@ -37,10 +42,33 @@ def load_source(path: str | Path, config: dict) -> dict:
     return src
 
 
-def matching_outputs(src: dict, targets: list[dict]) -> dict[int, int]:
-    """{new output k: the checkpoint's output j} for each target whose name and unit the checkpoint also has."""
+def parse_renames(spec: str | None) -> dict[str, str]:
+    """'NEW=OLD,...' (--init-output) as {NEW: OLD}; one-line UserError for anything else."""
+    renames = {}
+    for item in (spec or "").split(","):
+        new, sep, old = (part.strip() for part in item.partition("="))
+        if not (new and sep and old) or new in renames:
+            raise UserError(f"--init-output takes NEW=OLD pairs separated by commas (e.g. energy=U0), not {spec!r}")
+        renames[new] = old
+    return renames
+
+
+def matching_outputs(src: dict, targets: list[dict], renames: dict[str, str] | None = None) -> dict[int, int]:
+    """{new output k: the checkpoint's output j} for each target whose name (or, renamed, `renames[name]`) and unit
+    the checkpoint also has. A rename that names no new target, or no output of the checkpoint in the same unit,
+    is a one-line UserError."""
+    renames = renames or {}
     old = {(t["name"], t["unit"]): j for j, t in enumerate(src["targets"])}
-    return {k: old[(t["name"], t["unit"])] for k, t in enumerate(targets) if (t["name"], t["unit"]) in old}
+    units = {t["name"]: t["unit"] for t in targets}
+    for new, was in renames.items():
+        if new not in units:
+            raise UserError(f"--init-output {new}={was}: this run has no target {new} ({', '.join(units)})")
+        if (was, units[new]) not in old:
+            have = ", ".join(f"{t['name']} ({t['unit'] or 'no unit'})" for t in src["targets"])
+            raise UserError(f"--init-output {new}={was}: the checkpoint has no output {was} in "
+                            f"{units[new] or 'no unit'} (it has {have})")
+    found = {k: (renames.get(t["name"], t["name"]), t["unit"]) for k, t in enumerate(targets)}
+    return {k: old[key] for k, key in found.items() if key in old}
 
 
 def carry_normalisation(src: dict, matches: dict[int, int], norm: dict) -> dict:
@@ -52,6 +80,25 @@ def carry_normalisation(src: dict, matches: dict[int, int], norm: dict) -> dict:
         out["mean"][k], out["std"][k] = float(model.mean[j]), float(model.std[j])
         ref = model.atomref[:, j]
         out["atomref"][k] = ref.tolist() if bool(ref.any()) else None
+    return out
+
+
+@torch.no_grad()
+def refit_references(src: dict, outputs: dict[int, int], learned_from, y: torch.Tensor, z: torch.Tensor,
+                     batch: torch.Tensor, norm: dict) -> dict:
+    """The standardisation `norm` with new per-element references for each renamed output {k: checkpoint output j}
+    (module docstring): fitted to y[:, k] minus the checkpoint's prediction of j less its own references.
+    `learned_from(model)` evaluates a model on the M training structures ([M, K_src]); y [M, K], z [N] and
+    batch [N] are their labels and atoms."""
+    from schnetqm9.data.targets import fit_atomref
+
+    model = checkpoint.build_model(src)
+    pred = learned_from(model).double()  # [M, K_src]
+    out = {key: list(values) for key, values in norm.items()}
+    for k, j in outputs.items():
+        own = torch.zeros(len(y), dtype=torch.float64).index_add_(0, batch, model.atomref[z, j].double())  # [M]
+        ref = fit_atomref(z, batch, y[:, k].double() - (pred[:, j] - own))  # [100, 1]
+        out["atomref"][k] = ref[:, 0].tolist()
     return out
 
 

@@ -1,16 +1,19 @@
-"""Training an energy model as a potential: the loss terms beyond the energy that make QM9's DFT geometries the
-minima of the learned surface (`train.py --force-weight W --prior-weight W`).
+"""Training an energy model as a potential: the loss terms beyond the energy that fit its forces
+(`train.py --force-weight W --prior-weight W`).
 
-QM9's 130,831 geometries are B3LYP minima, so the forces there vanish: a label for every molecule, free. The
-zero-force term is
+The force term compares the model's forces with labelled ones,
 
 .. math::
-    \\mathcal{L}_0 = \\frac{1}{N} \\sum_i \\frac{|F_i(x)|^2}{s^2}, \\qquad F = -\\partial E / \\partial r
+    \\mathcal{L}_F = \\frac{1}{N} \\sum_i \\frac{|F_i(x) - F^*_i|^2}{s^2}, \\qquad F = -\\partial E / \\partial r
 
-over the N atoms of a batch, with s the energy's loss scale (per Angstrom), so that a weight of 1 sets an error
-of 1 eV/A on every atom against 1 eV on every molecule. Stationarity alone does not make a minimum, so a second
-term shapes the surface around it: at the geometry displaced by Gaussian noise, x' = x + delta, the model's forces
-are trained towards the restoring forces of the MMFF94 force field shifted so that x is its stationary point,
+over the N atoms of a batch that have labels, with s the energy's loss scale (per Angstrom), so that a weight of 1
+sets an error of 1 eV/A on every atom against 1 eV on every molecule. On QM9 the labels are free: its 130,831
+geometries are B3LYP minima, so F* = 0 for every atom. A structure file's labels are its `forces` (the labeller's,
+potential/labelling.py; atoms of a structure without them are left out).
+
+On QM9 alone, stationarity does not make a minimum, so a second term (QM9 only) shapes the surface around it: at
+the geometry displaced by Gaussian noise, x' = x + delta, the model's forces are trained towards the restoring
+forces of the MMFF94 force field shifted so that x is its stationary point,
 
 .. math::
     F^*(x') = F_{\\mathrm{MMFF}}(x') - F_{\\mathrm{MMFF}}(x) \\approx -H_{\\mathrm{MMFF}}(x)\\,\\delta, \\qquad
@@ -208,7 +211,7 @@ def apply_blocks(blocks: Tensor, r: Tensor, batch: Tensor) -> Tensor:
 
 
 class PotentialLoss:
-    """The zero-force and prior terms for energy output `output` of each training batch (weighted, to add to the
+    """The force and prior terms for energy output `output` of each training batch (weighted, to add to the
     energy loss), and their running means for the epoch's line (`take`). With `stiffness` > 0 both residuals are
     preconditioned by MMFF94's normal modes (module docstring). The displacements of step t come from a generator
     seeded by (seed, t), so a resumed run draws the same ones."""
@@ -222,8 +225,9 @@ class PotentialLoss:
         self.steps = 0
 
     def __call__(self, model: torch.nn.Module, z: Tensor, pos: Tensor, batch: Tensor, energy: Tensor,
-                 step: int) -> Tensor:
-        """pos [N, 3] the DFT positions the batch's energies [B] were computed from (requiring grad)."""
+                 step: int, labels: Tensor | None = None) -> Tensor:
+        """pos [N, 3] the positions the batch's energies [B] were computed from (requiring grad); `labels` [N, 3]
+        the forces there (NaN where unknown), or None: zero, QM9's minima."""
         loss = energy.new_zeros(())
         stats = energy.new_zeros(2).double()  # on the device: no host synchronisation for the statistics
         spans = molecule_spans(batch)
@@ -241,8 +245,14 @@ class PotentialLoss:
 
         if self.force_weight:
             f = forces(energy, pos)  # [N, 3]
-            loss = loss + self.force_weight * measured(f).mean() / self.scale**2
-            stats[0] = f.detach().square().sum(-1).mean()
+            if labels is None:
+                r, known = f, torch.ones(len(f), device=f.device)
+            else:  # masked with arithmetic, not indexing: no host synchronisation
+                known = (~labels.isnan().any(-1)).to(f.dtype)  # [N]
+                r = (f - labels.nan_to_num()) * known[:, None]
+            count = known.sum().clamp(min=1)
+            loss = loss + self.force_weight * (measured(r) * known).sum() / count / self.scale**2
+            stats[0] = r.detach().square().sum(-1).sum() / count
         if self.prior_weight:
             displaced = (pos.detach() + self.displacement(pos, modes, spans, step)).requires_grad_(True)
             f = forces(model(z, displaced, batch)[:, self.output], displaced)  # [N, 3]
@@ -269,8 +279,8 @@ class PotentialLoss:
         return torch.from_numpy(np.concatenate(parts)).to(pos.device, pos.dtype)
 
     def take(self) -> dict[str, float]:
-        """RMS force at the DFT geometries and RMS force error against the prior (eV/A, plain: not preconditioned)
-        since the last call."""
+        """RMS force error against the labels (at QM9's minima: the RMS force) and against the prior (eV/A, plain:
+        not preconditioned) since the last call."""
         rms = [math.nan, math.nan] if self.sums is None else (self.sums / self.steps).sqrt().tolist()
         self.sums, self.steps = None, 0
         return dict(train_force_rms=rms[0] if self.force_weight else math.nan,
@@ -290,3 +300,29 @@ def max_force_median(model: torch.nn.Module, batcher, mols: Tensor, output: int,
         worst.append(top)
     model.train()
     return float(torch.cat(worst).median())
+
+
+def force_error_sums(model: torch.nn.Module, batcher, mols: Tensor, output: int, batch_size: int = 256) -> Tensor:
+    """Sums of the force error of energy output `output` over molecules `mols` [M] against the batcher's force
+    labels (zero where the data has none: QM9's minima), per Cartesian component of the labelled atoms: [3] float64
+    = (sum |F - F*|, sum (F - F*)^2, number of components). Sums, so that processes can add theirs
+    (`force_metrics` turns them into MAE and RMSE)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=batcher.z.device)
+    for chunk in mols.split(batch_size):
+        b = batcher(chunk)
+        pos = b.pos.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            f = forces(model(b.z, pos, b.batch)[:, output], pos, create_graph=False).detach()  # [N, 3]
+        labels = torch.zeros_like(f) if b.forces is None else b.forces
+        known = ~labels.isnan()  # [N, 3]
+        err = (f - labels.nan_to_num()).double() * known
+        sums += torch.stack([err.abs().sum(), err.square().sum(), known.sum().double()])
+    model.train()
+    return sums
+
+
+def force_metrics(sums: Tensor) -> dict[str, float]:
+    """MAE and RMSE (eV/A, per Cartesian component) and the number of labelled atoms from `force_error_sums`."""
+    abs_sum, sq_sum, n = sums.tolist()
+    return dict(mae=abs_sum / max(n, 1), rmse=math.sqrt(sq_sum / max(n, 1)), atoms=int(n // 3))

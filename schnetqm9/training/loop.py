@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from schnet_model import FULL_CONFIG, SchNet, count_parameters
 from schnetqm9.cli import UserError, resolve_device
-from schnetqm9.data import batch as batching
 from schnetqm9.data import sources, splits, targets
 from schnetqm9.data.batch import Batcher
 from schnetqm9.model import checkpoint, precision, transfer
@@ -37,49 +36,12 @@ from schnetqm9.training import args as train_args
 from schnetqm9.training import distributed, report
 from schnetqm9.training.distributed import World
 from schnetqm9.training.optim import FlatAdam, LossGuard, Schedule, make_ema
+from schnetqm9.training.step import Objective, train_step
 
 FULL_DEFAULTS = dict(
     subset_size=None, epochs=200, batch_size=32, lr=1e-3, patience=30, ema_decay=0.999, suffix="", precision="auto",
     **FULL_CONFIG,
 )
-
-
-def train_step(model: SchNet, optimizer: torch.optim.Optimizer, b: batching.Batch, columns: torch.Tensor,
-               scale: torch.Tensor, weights: torch.Tensor, loss: str = "mse", clip_grad: float = 10.0,
-               world: World = World(), global_size: int | None = None,
-               terms: potential.PotentialLoss | None = None, step: int = 0,
-               mixed: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    r"""One optimisation step on a batch of B molecules and K targets.
-
-    .. math::
-        \mathcal{L} = \frac1K \sum_k w_k \frac1B \sum_m \ell\left(\frac{\hat y_{mk}}{s_k},
-        \frac{y_{mk}}{s_k}\right)
-
-    with s_k the target's loss scale (`scale` [K]), w_k its task weight (`weights` [K]) and l the squared or
-    absolute error. `columns` [K] are the targets' columns of QM9's y. With several processes, `b` is this rank's
-    share of a global batch of `global_size` molecules: each rank back-propagates its share's summed loss /
-    global_size and the gradients are summed over the ranks (training/distributed.py). Returns (this rank's part of each
-    target's loss [K], predictions [B, K]), detached, without a host synchronisation. `terms` adds the potential's
-    force terms (potential/losses.py) for step `step`; `mixed` is the forward pass's precision (model/precision.py).
-    """
-    pos = b.pos.detach().requires_grad_(True) if terms is not None else b.pos  # forces: dE/dr
-    with precision.autocast(pos.device, mixed):
-        pred = model(b.z, pos, b.batch)  # [B, K], float32 (the readout is)
-        extra = None if terms is None else terms(model, b.z, pos, b.batch, pred[:, terms.output], step)
-    loss_fn = torch.nn.functional.mse_loss if loss == "mse" else torch.nn.functional.l1_loss
-    per_molecule = loss_fn(pred / scale, b.y.index_select(1, columns) / scale, reduction="none")  # [B, K]
-    per_target = per_molecule.sum(0) / global_size if world.active else per_molecule.mean(0)  # [K]
-    value = (per_target * weights).mean()
-    if extra is not None:
-        value = value + extra / world.size
-    optimizer.zero_grad()
-    value.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # FlatAdam: the one flat tensor
-    for p in params:
-        world.sum_(p.grad)
-    torch.nn.utils.clip_grad_norm_(params, clip_grad, foreach=True)
-    optimizer.step()
-    return per_target.detach(), pred.detach()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -115,6 +77,7 @@ class Trainer:
     writes files.
     """
     SNAPSHOT_EVERY = 200  # steps between the in-memory good states a loss spike rolls back to
+    FORCE_VALIDATION = 2000  # with --force-weight, forces are validated on the first this many validation molecules
 
     def __init__(self, args: argparse.Namespace, data: sources.Source, split: dict, meta: dict,
                  device: torch.device, world: World = World(), start: tuple[dict, dict] | None = None) -> None:
@@ -150,15 +113,16 @@ class Trainer:
         self.window_loss = torch.zeros(k, device=device)  # per target, summed over the steps not yet checked
         self.window_err = torch.zeros(k, device=device)
         self.window_steps = 0
-        self.task_weights = torch.ones(k, device=device)  # set from the running losses at each check
         self.precision = precision.resolve(args.precision, device, self.names,  # of the training steps
                                            forces=bool(args.force_weight or args.prior_weight))
-        self.potential = None  # U0 as a potential: the force terms of potential/losses.py
+        self.potential = None  # the energy as a potential: the force terms of potential/losses.py
         if args.force_weight or args.prior_weight:
-            u0 = self.names.index("U0")
-            self.potential = potential.PotentialLoss(u0, self.scales[u0], args.force_weight, args.prior_weight,
-                                                     args.prior_noise, args.seed, args.precondition,
-                                                     args.prior_thermal)
+            energy = self.names.index("U0") if args.data is None else 0  # with --data: the first target
+            self.potential = potential.PotentialLoss(energy, self.scales[energy], args.force_weight,
+                                                     args.prior_weight, args.prior_noise, args.seed,
+                                                     args.precondition, args.prior_thermal)
+        self.force_val_idx = self.val_idx[:self.FORCE_VALIDATION]
+        self.objective = Objective(self.columns, self.scale, torch.ones(k, device=device), args.loss, self.potential)
 
     @property
     def eval_model(self) -> SchNet:
@@ -228,9 +192,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(p.step, p.elapsed) * p.lr_scale
             b = self.batcher(world.shard(order[step]))
-            loss, pred = train_step(self.model, self.optimizer, b, self.columns, self.scale, self.task_weights,
-                                    args.loss, args.clip_grad, world, len(order[step]), self.potential, p.step,
-                                    self.precision)
+            loss, pred = train_step(self.model, self.optimizer, b, self.objective, step=p.step, mixed=self.precision,
+                                    clip_grad=args.clip_grad, world=world, global_size=len(order[step]))
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.window_loss += loss
@@ -268,7 +231,7 @@ class Trainer:
     def set_task_weights(self, p: Progress) -> None:
         """The weights [K] of the targets' losses until the next check (--task-weights; optim.LossGuard)."""
         weights = self.guard.weights(p.running_loss, self.args.task_weights, len(self.names))
-        self.task_weights = weights.to(self.scale.device, self.scale.dtype)
+        self.objective.weights = weights.to(self.scale.device, self.scale.dtype)
 
     def roll_back(self, p: Progress, window: list[float]) -> None:
         """Restore the oldest good state kept (at most 2 * SNAPSHOT_EVERY steps back) and halve the learning rate;
@@ -298,26 +261,46 @@ class Trainer:
         return f", {left // 60}:{left % 60:02d} left"
 
     def outputs(self, model: SchNet, mols: torch.Tensor, embeddings: bool = False) -> torch.Tensor:
-        """batched_outputs() over `mols`, each rank on its share, gathered: every rank gets all [M, K] (or [M, D]) rows."""
+        """batched_outputs() over `mols`, each rank on its share, gathered: every rank gets all [M, K] (or [M, D])
+        rows."""
         part = batched_outputs(model, self.batcher, self.world.shard(mols), self.eval_bs, embeddings)
         return self.world.gather(part, len(mols))
 
+    def force_errors(self, model: SchNet, mols: torch.Tensor) -> dict[str, float]:
+        """MAE and RMSE (eV/A per component) of the potential's forces on `mols` against their labels (zero at
+        QM9's minima), each rank on its share, summed."""
+        sums = potential.force_error_sums(model, self.batcher, self.world.shard(mols), self.potential.output,
+                                          self.eval_bs)
+        return potential.force_metrics(self.world.sum_(sums))
+
     def validate(self) -> tuple[dict, dict]:
-        """Per-target validation metrics of the averaged weights, and of the raw ones."""
+        """Per-target validation metrics of the averaged weights, and of the raw ones; with --force-weight, the
+        forces' too, under 'forces'."""
         t = time.perf_counter()
         true = self.data.y[self.val_idx][:, self.columns.cpu()]
-        val = report.regression_metrics(self.outputs(self.eval_model, self.val_idx), true, self.names)
-        raw = val if self.ema is None else report.regression_metrics(
-            self.outputs(self.model, self.val_idx), true, self.names)
+        found = []
+        for model in (self.eval_model, self.model)[:1 if self.ema is None else 2]:
+            metrics = report.regression_metrics(self.outputs(model, self.val_idx), true, self.names)
+            if self.args.force_weight:
+                metrics["forces"] = self.force_errors(model, self.force_val_idx)
+            found.append(metrics)
         self.val_seconds = time.perf_counter() - t
-        return val, raw
+        return found[0], found[-1]
+
+    def score(self, metrics: dict) -> float:
+        """The validation score (report.score) and, with --force-weight, that weight times the force MAE over the
+        energy's loss scale per A: the loss's own balance of the two."""
+        value = report.score({n: metrics[n] for n in self.names}, self.scales)
+        if "forces" in metrics:
+            value += self.args.force_weight * metrics["forces"]["mae"] / self.scales[self.potential.output]
+        return value
 
     def record(self, p: Progress, val: dict, raw: dict) -> dict:
         """The epoch's row of history.csv, and its line on the screen (the score and up to four targets). `kept`
         says which weights validated better by the score: the average (ties included) or the raw ones."""
         seen = min(p.checked_steps * self.args.batch_size, len(self.train_idx))
         lr = self.optimizer.param_groups[0]["lr"]
-        scores = report.score(val, self.scales), report.score(raw, self.scales)
+        scores = self.score(val), self.score(raw)
         h = dict(epoch=p.epoch + 1, train_loss=p.loss_sum / max(1, p.checked_steps), val_score=scores[0],
                  val_score_raw=scores[1], kept="average" if self.ema is not None and scores[0] <= scores[1] else "raw")
         for k, name in enumerate(self.names):
@@ -326,11 +309,19 @@ class Trainer:
             h[f"val_rmse_{name}"] = val[name]["rmse"]
         h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes)
         forces = ""
-        if self.potential is not None:  # how far from a potential: forces at the DFT minima, train and val
-            h.update(self.potential.take(), val_max_force_median=potential.max_force_median(
-                self.eval_model, self.batcher, self.val_idx[:1000], self.potential.output, self.eval_bs))
-            forces = (f" | forces (eV/A): train rms {h['train_force_rms']:.3g}, prior rms {h['train_prior_rms']:.3g}, "
-                      f"val median max {h['val_max_force_median']:.3g}")
+        if self.potential is not None:  # how far from a potential: forces against the labels, train and val
+            h.update(self.potential.take())
+            forces = f" | forces (eV/A): train rms {h['train_force_rms']:.3g}"
+            if "forces" in val:
+                h.update(val_force_mae=val["forces"]["mae"], val_force_mae_raw=raw["forces"]["mae"],
+                         val_force_rmse=val["forces"]["rmse"])
+                forces += f", val MAE {h['val_force_mae']:.3g}"
+            if self.args.prior_weight:
+                forces += f", prior rms {h['train_prior_rms']:.3g}"
+            if self.args.data is None:  # QM9: DFT minima
+                h["val_max_force_median"] = potential.max_force_median(
+                    self.eval_model, self.batcher, self.val_idx[:1000], self.potential.output, self.eval_bs)
+                forces += f", val median max {h['val_max_force_median']:.3g}"
         shown = self.names if len(self.names) <= 4 else [n for n in ("gap", "U0", "mu", "cv") if n in self.names]
         maes = " ".join(f"{n} {val[n]['mae']:.4g}" + (f" ({raw[n]['mae']:.4g})" if self.ema else "")
                         + f" {self.units[n]}" for n in shown)
@@ -417,6 +408,10 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     for name, m in test.items():
         m["unit"] = units[name]
     report.print_test(test, f"{len(test_idx):,} molecules, best epoch {best['epoch']}, {best['weights']} weights")
+    test_forces = trainer.force_errors(model, test_idx) if args.force_weight else None
+    if test_forces is not None:
+        print(f"test forces ({test_forces['atoms']:,} atoms with labels): MAE {test_forces['mae']:.4g} eV/A | "
+              f"RMSE {test_forces['rmse']:.4g} eV/A (per Cartesian component)")
     raw = report.regression_metrics(trainer.outputs(trainer.model, test_idx), true, names)  # what the average bought
     g = torch.Generator().manual_seed(args.seed)
     shown = test_idx[torch.randperm(len(test_idx), generator=g)[: args.tsne_samples]]
@@ -424,7 +419,8 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     minutes, epochs_done = p.elapsed / 60, p.step / trainer.steps_per_epoch
     split = meta["split"]
     metrics = dict(data=meta["data"], target=meta["target"], targets=names, test=test,
-                   test_score=report.score(test, trainer.scales), test_raw_final_weights=raw,
+                   test_score=report.score(test, trainer.scales), test_forces=test_forces,
+                   test_raw_final_weights=raw,
                    best_val_score=p.best_val, best_epoch=best["epoch"],
                    weights=best["weights"], epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
                    spikes=p.spikes, config=meta["model_config"], args=vars(args), command=args.command,
@@ -438,7 +434,7 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
                    init_from=meta.get("init_from"))
     if not world.main:
         return metrics
-    best["metrics"] = {**best["metrics"], "test": test}
+    best["metrics"] = {**best["metrics"], "test": test, **({"test_forces": test_forces} if test_forces else {})}
     best.update(command=args.command, args=vars(args), processes=world.size, epochs_done=epochs_done,
                 minutes=minutes)
     checkpoint.save(best, trainer.best_path)
@@ -506,6 +502,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     data, specs = sources.open_data(args.data, args.targets, args.unit, args.readout, args.data_dir)
+    if args.force_weight and args.data is not None and data.forces is None:
+        raise UserError(f"--force-weight with --data needs forces, and no structure of {args.data} has them: give "
+                        "each structure a per-atom 'forces' array (eV/A; extended XYZ: a forces:R:3 column)")
     readouts = targets.readouts(specs, args.readout)
     config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
                   num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
@@ -530,8 +529,14 @@ def run(args: argparse.Namespace) -> dict:
     start = None
     if args.init_from and not state:
         src = transfer.load_source(args.init_from, config)
-        matches = transfer.matching_outputs(src, meta["targets"])
+        renames = transfer.parse_renames(args.init_output) if args.init_output else {}
+        matches = transfer.matching_outputs(src, meta["targets"], renames)
         meta["normalisation"] = transfer.carry_normalisation(src, matches, meta["normalisation"])
+        renamed = {k: j for k, j in matches.items() if meta["targets"][k]["name"] in renames}
+        if renamed:
+            meta["normalisation"] = transfer.refit_references(
+                src, renamed, lambda m: batched_outputs(m, Batcher(data), split["train"], 512), y,
+                train_mols.z, train_mols.batch, meta["normalisation"])
         start = (src, matches)
     if state:
         meta["normalisation"] = state["normalisation"]
