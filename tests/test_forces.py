@@ -1,0 +1,226 @@
+"""Force labels: read from structure files, fitted by the force term, validated and tested; and the training file
+of a potential on QM9's own surface (potential/surface.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from schnet_model import SchNet
+from schnetqm9.data import batch as batching
+from schnetqm9.data import splits, structure_file
+from schnetqm9.data.targets import TARGETS
+from schnetqm9.potential import losses as potential
+from schnetqm9.potential import surface
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = REPO / "labels"
+
+
+def bond_energy(z: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, k: float = 20.0) -> torch.Tensor:
+    """A harmonic surface with its minimum at `ref` [n, 3]: sum over pairs closer than 1.7 A there of
+    k/2 (d - d_ref)^2 (eV, k in eV/A^2); a label source with exact forces."""
+    i, j = torch.triu_indices(len(z), len(z), 1)
+    d_ref = (ref[i] - ref[j]).norm(dim=-1)
+    bonded = d_ref < 1.7
+    d = (pos[i] - pos[j]).norm(dim=-1)
+    return 0.5 * k * ((d - d_ref)[bonded]).square().sum()
+
+
+def displaced_frames(qm9, molecules: range, noise: float = 0.05, seed: int = 0) -> list[ase.Atoms]:
+    """QM9 molecules displaced by Gaussian noise, labelled with `bond_energy` about their QM9 geometry."""
+    g = torch.Generator().manual_seed(seed)
+    frames = []
+    for i in molecules:
+        d = qm9[i]
+        ref = d.pos.double()
+        pos = (ref + noise * torch.randn(ref.shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+        energy = bond_energy(d.z, pos, ref)
+        (grad,) = torch.autograd.grad(energy, pos)
+        atoms = ase.Atoms(numbers=d.z.numpy(), positions=pos.detach().numpy())
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energy.detach()), forces=-grad.numpy())
+        frames.append(atoms)
+    return frames
+
+
+def test_forces_are_read_per_atom_and_missing_ones_are_nan(qm9, tmp_path) -> None:
+    frames = displaced_frames(qm9, range(3))
+    bare = ase.Atoms(numbers=frames[1].numbers, positions=frames[1].positions)  # no calculator: no forces
+    bare.info["energy"] = 1.0
+    ase.io.write(tmp_path / "f.extxyz", [frames[0], bare, frames[2]])
+    data = structure_file.LabelledStructures(tmp_path / "f.extxyz", ["energy"], progress=False)
+    n0, n1 = len(frames[0]), len(frames[1])
+    assert data.forces.shape == (len(data.z), 3)
+    np.testing.assert_allclose(data.forces[:n0].numpy(), frames[0].get_forces(), atol=1e-6)
+    assert data.forces[n0:n0 + n1].isnan().all() and not data.forces[n0 + n1:].isnan().any()
+    b = batching.Batcher(data)(torch.tensor([2]))
+    np.testing.assert_allclose(b.forces.numpy(), frames[2].get_forces(), atol=1e-6)
+    ase.io.write(tmp_path / "none.extxyz", [bare])
+    assert structure_file.LabelledStructures(tmp_path / "none.extxyz", ["energy"], progress=False).forces is None
+
+
+def tiny_model() -> SchNet:
+    torch.manual_seed(0)
+    return SchNet(hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=16, cutoff=5.0,
+                  atomref=torch.zeros(100, 1))
+
+
+def test_force_term_vanishes_on_the_models_own_forces_and_skips_unlabelled_atoms(qm9) -> None:
+    model = tiny_model()
+    b = batching.Batcher(qm9)(torch.arange(4))
+    pos = b.pos.detach().requires_grad_(True)
+    energy = model(b.z, pos, b.batch)[:, 0]
+    own = potential.forces(energy, pos).detach()
+    terms = potential.PotentialLoss(0, 1.0, force_weight=1.0, prior_weight=0.0, noise=0.05, seed=0)
+    assert float(terms(model, b.z, pos, b.batch, energy, 0, own).detach()) < 1e-10
+    # the term is the mean over labelled atoms: unlabelled (NaN) atoms change nothing
+    wrong = own + 1.0
+    half = wrong.clone()
+    half[::2] = float("nan")
+    expected = 3.0  # |(1, 1, 1)|^2 on every labelled atom
+    assert float(terms(model, b.z, pos, b.batch, energy, 0, wrong).detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(terms(model, b.z, pos, b.batch, energy, 0, half).detach()) == pytest.approx(expected, rel=1e-5)
+    sums = potential.force_error_sums(model, batching.Batcher(qm9), torch.arange(4), 0)
+    assert potential.force_metrics(sums)["atoms"] == len(b.z)  # QM9: zero labels on every atom
+
+
+def test_training_on_force_labels_learns_the_forces_of_the_surface(qm9, tmp_path) -> None:
+    """Fit the harmonic bond surface of 24 displaced molecules from energies alone and from energies plus forces:
+    the forces teach the surface's slope, the energies alone do not (12 molecules held out)."""
+    frames = displaced_frames(qm9, range(36))
+    ase.io.write(tmp_path / "h.extxyz", frames)
+    data = structure_file.LabelledStructures(tmp_path / "h.extxyz", ["energy"], progress=False)
+    batcher = batching.Batcher(data)
+    train, test = torch.arange(24), torch.arange(24, 36)
+    errors = {}
+    for weight in (0.0, 1.0):
+        model = tiny_model()
+        optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+        terms = potential.PotentialLoss(0, 1.0, force_weight=weight, prior_weight=0.0, noise=0.05, seed=0)
+        for step in range(150):
+            b = batcher(train[torch.randperm(24, generator=torch.Generator().manual_seed(step))[:8]])
+            pos = b.pos.detach().requires_grad_(True)
+            energy = model(b.z, pos, b.batch)[:, 0]
+            loss = (energy - b.y[:, 0]).square().mean()
+            if weight:
+                loss = loss + terms(model, b.z, pos, b.batch, energy, step, b.forces)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        errors[weight] = potential.force_metrics(potential.force_error_sums(model, batcher, test, 0))["mae"]
+    assert errors[1.0] < 0.6 * errors[0.0], errors
+
+
+@pytest.mark.slow
+def test_a_run_on_a_file_with_forces_validates_and_tests_them(qm9, tmp_path) -> None:
+    ase.io.write(tmp_path / "h.extxyz", displaced_frames(qm9, range(60)))
+    common = ["--data", str(tmp_path / "h.extxyz"), "--target", "energy", "--unit", "eV", "--epochs", "2",
+              "--device", "cpu", "--tsne-samples", "10", "--output-dir", str(tmp_path / "r"), "--checkpoint-dir",
+              str(tmp_path / "c")]
+    proc = subprocess.run([sys.executable, "train_lite.py", *common, "--force-weight", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "test forces (" in proc.stdout and "val MAE" in proc.stdout
+    metrics = json.loads((tmp_path / "r" / "metrics_lite.json").read_text())
+    test = json.loads((tmp_path / "r" / "split_lite.json").read_text())["test"]
+    frames = ase.io.read(tmp_path / "h.extxyz", ":")
+    assert metrics["test_forces"]["atoms"] == sum(len(frames[i]) for i in test)
+    assert np.isfinite(metrics["test_forces"]["mae"])
+    ase.io.write(tmp_path / "bare.extxyz", [ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]],
+                                                      info={"energy": -1.0})] * 12)
+    proc = subprocess.run([sys.executable, "train_lite.py", *common[2:], "--data", str(tmp_path / "bare.extxyz"),
+                           "--force-weight", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "needs forces" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_split_may_repeat_training_structures_but_not_share_them(tmp_path) -> None:
+    path = tmp_path / "s.json"
+    splits.save_split(dict(train=torch.tensor([0, 0, 1]), val=torch.tensor([2]), test=torch.tensor([3])), path)
+    assert splits.load_split(path, 4)["train"].tolist() == [0, 0, 1]
+    splits.save_split(dict(train=torch.tensor([0, 1]), val=torch.tensor([1]), test=torch.tensor([3])), path)
+    with pytest.raises(ValueError, match="overlap"):
+        splits.load_split(path, 4)
+
+
+def test_labelled_frames_sit_on_qm9s_surface_relative_to_their_minimum() -> None:
+    minimum = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    stretched = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.80]])
+    orphan = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.70]])
+    for atoms, gdb, kind, energy in ((minimum, 1, "minimum", -30.0), (stretched, 1, "t300", -29.9),
+                                     (orphan, 2, "t300", -31.0)):
+        atoms.info.update(gdb=gdb, kind=kind, label_name="b3lyp", label_key=f"{gdb}:{kind}")
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.ones((2, 3)))
+    qm9_energy = {1: -4.5, 2: -7.0}  # by gdb number
+    frames, left = surface.on_qm9_surface([minimum, stretched, orphan], qm9_energy)
+    assert left == 1 and [f.kind for f in frames] == ["minimum", "t300"]  # gdb 2 has no labelled minimum
+    assert frames[0].energy == pytest.approx(-4.5) and frames[1].energy == pytest.approx(-4.5 + 0.1)
+
+
+@pytest.mark.slow
+def test_the_surface_file_keeps_qm9s_split_and_trains_the_labelled_frames_more_often(qm9, tmp_path) -> None:
+    out = tmp_path / "s.extxyz"
+    surface.main([str(LABELS / "b3lyp_train.extxyz.gz"), "--test", str(LABELS / "b3lyp_test.extxyz.gz"),
+                  "--minima", "40", "--val-minima", "10", "--repeat", "3", "--val-share", "0.2", "--output", str(out),
+                  "--data-dir", str(REPO / "data")])
+    split = splits.load_split(surface.split_path(out), None)
+    data = structure_file.LabelledStructures(out, ["energy"], progress=False)
+    frames = ase.io.read(out, ":")
+    kind = np.array([f.info["source"] for f in frames])
+    gdb = np.array([f.info["gdb"] for f in frames])
+    standard = splits.standard_split()
+    sides = {name: set(qm9.gdb[standard[name]].tolist()) for name in ("train", "val", "test")}
+    assert set(gdb[split["test"]]) <= sides["test"] and set(gdb[split["train"]]) <= sides["train"]
+    assert set(gdb[split["val"]]) <= sides["train"] | sides["val"]
+    assert not set(gdb[split["val"]]) & set(gdb[split["train"]])  # a molecule validates or trains, not both
+    counts = np.bincount(split["train"].numpy(), minlength=len(frames))
+    assert set(counts[split["train"].numpy()][kind[split["train"]] != "qm9"]) == {3}
+    assert set(counts[split["train"].numpy()][kind[split["train"]] == "qm9"]) == {1}
+    # every minimum is QM9's own electronic atomization energy, U0_atom - ZPVE; QM9's get zero forces
+    index = {int(g): i for i, g in enumerate(qm9.gdb.tolist())}
+    expected = [float(qm9.y[index[g], TARGETS["U0_atom"].column] - qm9.y[index[g], TARGETS["zpve"].column])
+                for g, f in zip(gdb, frames) if f.info["kind"] == "minimum"]
+    got = data.y[[i for i, f in enumerate(frames) if f.info["kind"] == "minimum"], 0]
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+    assert data.forces[data.ptr[np.flatnonzero(kind == "qm9")[0]]].abs().sum() == 0
+
+
+def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> None:
+    """Frames labelled with the shipped potential's own surface, shifted by a per-molecule energy offset and with
+    one frame's forces off by a known amount: the check finds exactly that force error, and the offset (which the
+    labelling method has against QM9) cancels in the energy rises."""
+    from schnetqm9.model import shipped
+    from schnetqm9.potential import calculator, force_check
+
+    calc = calculator.SchNetCalculator(shipped.path(shipped.RELAXER))
+    frames, g = [], np.random.default_rng(0)
+    for i, offset in ((0, 5.0), (1, -3.0)):
+        d = qm9[i]
+        for kind, noise in (("minimum", 0.0), ("n0.05", 0.05)):
+            atoms = ase.Atoms(numbers=d.z.numpy(), positions=d.pos.double().numpy() + g.normal(0, noise, (len(d.z), 3)))
+            atoms.calc = calc
+            energy, forces = atoms.get_potential_energy() + offset, atoms.get_forces()
+            if i == 1 and kind == "n0.05":
+                forces = forces + 0.2  # every component off by 0.2 eV/A
+            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+            atoms.info.update(gdb=i + 1, kind=kind)
+            frames.append(atoms)
+    ase.io.write(tmp_path / "labels.extxyz", frames)
+    s = force_check.main([str(tmp_path / "labels.extxyz"), "--output", str(tmp_path / "c.json"),
+                          "--figure", str(tmp_path / "parity.png")])
+    atoms_off, atoms_all = len(frames[3]), sum(len(f) for f in frames)
+    assert s["force_mae"] == pytest.approx(0.2 * atoms_off / atoms_all, abs=1e-6)
+    assert s["force_by_kind"]["minimum"]["force_mae"] < 1e-6
+    assert s["rise_frames"] == 2 and s["rise_mae_mev"] < 1e-3
+    assert (tmp_path / "parity.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no energy or no forces"):
+        bare = ase.Atoms(numbers=[6, 1], positions=[[0, 0, 0], [0, 0, 1.1]])
+        ase.io.write(tmp_path / "bare.extxyz", bare)
+        force_check.main([str(tmp_path / "bare.extxyz"), "--output", str(tmp_path / "b.json")])
