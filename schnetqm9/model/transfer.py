@@ -33,9 +33,10 @@ def load_source(path: str | Path, config: dict) -> dict:
     """The checkpoint to start from, refused in one line when it is not one of this project's or its architecture
     is not the one the flags ask for."""
     src = checkpoint.load(path)
-    differ = [k for k in ARCHITECTURE if float(src["model_config"][k]) != float(config[k])]
+    have = checkpoint.RunRecord.of(src).model_config
+    differ = [k for k in ARCHITECTURE if float(have[k]) != float(config[k])]
     if differ:
-        flags = " ".join(f"--{k.replace('_', '-')} {src['model_config'][k]:g}" for k in differ)
+        flags = " ".join(f"--{k.replace('_', '-')} {have[k]:g}" for k in differ)
         asked = ", ".join(f"{k} {config[k]:g}" for k in differ)
         raise UserError(f"{path} has another architecture than the flags ask for ({asked}): start from it with "
                         f"{flags}")
@@ -58,13 +59,14 @@ def matching_outputs(src: dict, targets: list[dict], renames: dict[str, str] | N
     the checkpoint also has. A rename that names no new target, or no output of the checkpoint in the same unit,
     is a one-line UserError."""
     renames = renames or {}
-    old = {(t["name"], t["unit"]): j for j, t in enumerate(src["targets"])}
+    outputs = checkpoint.RunRecord.of(src).targets
+    old = {(t["name"], t["unit"]): j for j, t in enumerate(outputs)}
     units = {t["name"]: t["unit"] for t in targets}
     for new, was in renames.items():
         if new not in units:
             raise UserError(f"--init-output {new}={was}: this run has no target {new} ({', '.join(units)})")
         if (was, units[new]) not in old:
-            have = ", ".join(f"{t['name']} ({t['unit'] or 'no unit'})" for t in src["targets"])
+            have = ", ".join(f"{t['name']} ({t['unit'] or 'no unit'})" for t in outputs)
             raise UserError(f"--init-output {new}={was}: the checkpoint has no output {was} in "
                             f"{units[new] or 'no unit'} (it has {have})")
     found = {k: (renames.get(t["name"], t["name"]), t["unit"]) for k, t in enumerate(targets)}
@@ -115,9 +117,9 @@ def initialise(model: SchNet, src: dict, matches: dict[int, int], path: str | Pa
         for k, j in matches.items():
             model.lin2.weight[k] = old.lin2.weight[j]
             model.lin2.bias[k] = old.lin2.bias[j]
-    names = [t["name"] for t in src["targets"]]
+    names = checkpoint.target_names(src)
     return dict(checkpoint=str(path), targets=names, elements=seen.tolist(),
-                outputs_copied=sorted(names[j] for j in matches.values()), command=src.get("command"))
+                outputs_copied=sorted(names[j] for j in matches.values()), command=checkpoint.command(src))
 
 
 def freeze_representation(model: SchNet) -> None:

@@ -79,21 +79,21 @@ class Trainer:
     SNAPSHOT_EVERY = 200  # steps between the in-memory good states a loss spike rolls back to
     FORCE_VALIDATION = 2000  # with --force-weight, forces are validated on the first this many validation molecules
 
-    def __init__(self, args: argparse.Namespace, data: sources.Source, split: dict, meta: dict,
+    def __init__(self, args: argparse.Namespace, data: sources.Source, split: dict, meta: checkpoint.RunRecord,
                  device: torch.device, world: World = World(), start: tuple[dict, dict] | None = None) -> None:
         self.args, self.data, self.meta, self.world = args, data, meta, world
-        self.names = [t["name"] for t in meta["targets"]]
-        self.units = {t["name"]: t["unit"] for t in meta["targets"]}
-        self.columns = torch.tensor([t["column"] for t in meta["targets"]], device=device)
+        self.names = meta.names
+        self.units = {t["name"]: t["unit"] for t in meta.targets}
+        self.columns = torch.tensor([t["column"] for t in meta.targets], device=device)
         self.train_idx, self.val_idx, self.test_idx = split["train"], split["val"], split["test"]
-        norm = meta["normalisation"]
+        norm = meta.normalisation
         self.scales = norm["loss_scale"]
         self.scale = torch.tensor(self.scales, device=device)
         refs = [torch.zeros(100) if r is None else torch.tensor(r) for r in norm["atomref"]]
         torch.manual_seed(args.seed)  # the same initial weights on every rank
-        model = SchNet(**meta["model_config"], mean=norm["mean"], std=norm["std"], atomref=torch.stack(refs, 1))
+        model = SchNet(**meta.model_config, mean=norm["mean"], std=norm["std"], atomref=torch.stack(refs, 1))
         if start is not None:  # --init-from (model/transfer.py): (its checkpoint, {new output: its output})
-            meta["init_from"] = transfer.initialise(model, *start, args.init_from)
+            meta.init_from = transfer.initialise(model, *start, args.init_from)
         if args.freeze_representation:
             transfer.freeze_representation(model)
         self.model = model.to(device)
@@ -130,15 +130,16 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
     def restore(self, state: dict) -> Progress:
-        self.model.load_state_dict(state["state_dict"])
+        saved = checkpoint.training_state(state)
+        self.model.load_state_dict(saved["state_dict"])
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(saved["optimizer"])
         except (ValueError, KeyError):
             raise UserError(f"the optimiser state in {self.last_path} does not fit this version's optimiser "
                             "(one flat parameter tensor): start without --resume") from None
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        return Progress(**state["progress"])
+            self.ema.load_state_dict(saved["ema"])
+        return Progress(**checkpoint.progress(state))
 
     def training_state(self) -> dict:
         """The weights, optimiser and average, as tensors (a loss spike rolls back to a copy of this)."""
@@ -148,7 +149,7 @@ class Trainer:
     def save_state(self, p: Progress) -> None:
         p.elapsed = self.world.agree(time.perf_counter() - self.t0)[0]
         if self.world.main:
-            checkpoint.save({**self.meta, **self.training_state(), "progress": asdict(p)}, self.last_path)
+            checkpoint.save(checkpoint.resume_state(self.meta, self.training_state(), asdict(p)), self.last_path)
 
     def fit(self, p: Progress) -> None:
         """Epochs until --epochs, --patience or --time-budget ends the run; the clock resumes from p.elapsed."""
@@ -345,9 +346,8 @@ class Trainer:
                 p.best_val, p.best_epoch = best, p.epoch + 1
                 weights = self.eval_model if kept == "average" else self.model
                 if self.world.main:
-                    checkpoint.save({**self.meta, "state_dict": weights.state_dict(), "epoch": p.best_epoch,
-                                     "weights": kept, "metrics": {"val_score": best, "val": val if kept == "average"
-                                                                  else raw}}, self.best_path)
+                    checkpoint.save(checkpoint.best_weights(self.meta, weights.state_dict(), p.best_epoch, kept,
+                                                            best, val if kept == "average" else raw), self.best_path)
             p.epoch += 1
         p.step_in_epoch, p.loss_sum, p.abs_err_sum, p.checked_steps = 0, 0.0, [], 0
         stalled = bool(args.patience) and p.epoch - p.best_epoch >= args.patience
@@ -365,27 +365,29 @@ def state_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return folder / f"last{args.suffix}.pth", folder / f"best_model{args.suffix}.pth"
 
 
-def load_resume_state(args: argparse.Namespace, meta: dict) -> dict:
+def load_resume_state(args: argparse.Namespace, meta: checkpoint.RunRecord) -> dict:
     """The interrupted run's state, checked against the flags that must not change across a resume."""
     path, best = state_paths(args)
     state = checkpoint.load(path)
-    if "progress" not in state or "running_loss" not in state["progress"]:
+    progress = checkpoint.progress(state)
+    if progress is None:
         raise UserError(f"{path} was written by an older version of train.py: start over without --resume")
-    if state["target"] != meta["target"]:
-        raise UserError(f"{path} was trained for target {state['target']!r}, not {meta['target']!r}: "
-                        f"resume with --target {state['target']}, or start over without --resume")
-    if state.get("data", "QM9") != meta["data"]:
-        raise UserError(f"{path} was trained on {state.get('data', 'QM9')}, not {meta['data']}: resume with the "
-                        "same --data, or start over without --resume")
-    if state["model_config"] != meta["model_config"]:
-        raise UserError(f"{path} holds another architecture ({state['model_config']}) than the flags "
+    saved = checkpoint.RunRecord.of(state)
+    key = saved.first_difference(meta)
+    if key == "target":
+        raise UserError(f"{path} was trained for target {saved.target!r}, not {meta.target!r}: "
+                        f"resume with --target {saved.target}, or start over without --resume")
+    if key == "data":
+        raise UserError(f"{path} was trained on {saved.data}, not {meta.data}: resume with the same --data, or "
+                        "start over without --resume")
+    if key == "model_config":
+        raise UserError(f"{path} holds another architecture ({saved.model_config}) than the flags "
                         "ask for: pass the same flags as the interrupted run, or start over without --resume")
-    for key in ("batch_size", "ema_decay", "time_budget"):
-        if state[key] != meta[key]:
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"{path} was trained with {flag} {state[key]}: resume with the same {flag} "
-                            "(the schedule, the average and the position in the epoch depend on it)")
-    best_epoch = state["progress"]["best_epoch"]
+    if key is not None:
+        flag = "--" + key.replace("_", "-")
+        raise UserError(f"{path} was trained with {flag} {getattr(saved, key)}: resume with the same {flag} "
+                        "(the schedule, the average and the position in the epoch depend on it)")
+    best_epoch = progress["best_epoch"]
     if best_epoch >= 1 and not best.exists():  # the end of the run tests these weights from disk
         raise UserError(f"{best} is missing, but {path} says epoch {best_epoch} validated best: copy it beside "
                         f"{path.name} (it travels with the resume state), or start over without --resume")
@@ -407,7 +409,8 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     test = report.regression_metrics(pred, true, names)
     for name, m in test.items():
         m["unit"] = units[name]
-    report.print_test(test, f"{len(test_idx):,} molecules, best epoch {best['epoch']}, {best['weights']} weights")
+    best_epoch, kept = checkpoint.best_epoch(best)
+    report.print_test(test, f"{len(test_idx):,} molecules, best epoch {best_epoch}, {kept} weights")
     test_forces = trainer.force_errors(model, test_idx) if args.force_weight else None
     if test_forces is not None:
         print(f"test forces ({test_forces['atoms']:,} atoms with labels): MAE {test_forces['mae']:.4g} eV/A | "
@@ -417,13 +420,13 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
     shown = test_idx[torch.randperm(len(test_idx), generator=g)[: args.tsne_samples]]
     emb = trainer.outputs(model, shown, embeddings=True)
     minutes, epochs_done = p.elapsed / 60, p.step / trainer.steps_per_epoch
-    split = meta["split"]
-    metrics = dict(data=meta["data"], target=meta["target"], targets=names, test=test,
+    split = meta.split
+    metrics = dict(data=meta.data, target=meta.target, targets=names, test=test,
                    test_score=report.score(test, trainer.scales), test_forces=test_forces,
                    test_raw_final_weights=raw,
-                   best_val_score=p.best_val, best_epoch=best["epoch"],
-                   weights=best["weights"], epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
-                   spikes=p.spikes, config=meta["model_config"], args=vars(args), command=args.command,
+                   best_val_score=p.best_val, best_epoch=best_epoch,
+                   weights=kept, epochs_run=len(p.history), epochs_done=epochs_done, minutes=minutes,
+                   spikes=p.spikes, config=meta.model_config, args=vars(args), command=args.command,
                    processes=world.size, split=dict(seed=args.seed, subset_size=args.subset_size,
                                                     train=len(split["train"]), val=len(split["val"]),
                                                     test=len(split["test"])),
@@ -431,13 +434,12 @@ def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) ->
                    else f"CPU ({torch.get_num_threads()} threads per process)", wall_time_s=p.elapsed,
                    peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(model), torch=torch.__version__,
                    kernels=kernels, precision=trainer.precision, checkpoint=str(trainer.best_path),
-                   init_from=meta.get("init_from"))
+                   init_from=meta.init_from)
     if not world.main:
         return metrics
-    best["metrics"] = {**best["metrics"], "test": test, **({"test_forces": test_forces} if test_forces else {})}
-    best.update(command=args.command, args=vars(args), processes=world.size, epochs_done=epochs_done,
-                minutes=minutes)
-    checkpoint.save(best, trainer.best_path)
+    checkpoint.save(checkpoint.tested(best, test, test_forces, command=args.command, args=vars(args),
+                                      processes=world.size, epochs_done=epochs_done, minutes=minutes),
+                    trainer.best_path)
     report.write(out_dir, args.suffix, metrics, p.history, true.numpy(), pred.numpy(), emb.numpy(),
                  data.y[shown, int(trainer.columns[0])].numpy())
     print(f"wrote {out_dir}/{{predictions,loss_curve,tsne}}{args.suffix}.png, metrics{args.suffix}.json, "
@@ -476,7 +478,7 @@ def announce(trainer: Trainer, config: dict, device: torch.device, kernels: str)
     args, meta, world, names = trainer.args, trainer.meta, trainer.world, trainer.names
     fitted = " + per-element references fitted on the training structures" if args.data else ""
     what = ", ".join(f"{t['name']} ({t['unit'] + ', ' if t['unit'] else ''}{t['output']}"
-                     + (fitted if t["output"] == "add" else "") + ")" for t in meta["targets"])
+                     + (fitted if t["output"] == "add" else "") + ")" for t in meta.targets)
     print(f"SchNet {config} | {count_parameters(trainer.model):,} parameters | device {device} | {kernels} | "
           f"training steps in {trainer.precision}")
     if world.main and (warning := precision.emulation_warning(args.precision, device)):  # once, not per rank
@@ -489,8 +491,8 @@ def announce(trainer: Trainer, config: dict, device: torch.device, kernels: str)
           + (f"decay {args.ema_decay:g}" if args.ema_decay else "off")
           + ("" if args.time_budget is None else f" | time budget {args.time_budget:g} min")
           + ("" if not world.active else f" | {world.size} processes, {torch.get_num_threads()} thread(s) each"))
-    if "init_from" in meta:
-        init = meta["init_from"]
+    if meta.init_from is not None:
+        init = meta.init_from
         print(f"started from {init['checkpoint']}: embedding of elements {init['elements']} and the interaction "
               "blocks" + (f", output layers of {', '.join(init['outputs_copied'])}" if init["outputs_copied"] else "")
               + (" (frozen: only the output layers train)" if args.freeze_representation else ""))
@@ -509,15 +511,16 @@ def run(args: argparse.Namespace) -> dict:
     config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
                   num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
                   cutoff=float(args.cutoff), readout=readouts[0] if len(readouts) == 1 else readouts)
-    meta = dict(format=checkpoint.CHECKPOINT_FORMAT, target=args.target,
-                targets=[dict(name=t.name, unit=t.unit, column=t.column, output=r) for t, r in zip(specs, readouts)],
-                model_config=config, seed=args.seed, subset_size=args.subset_size, batch_size=args.batch_size,
-                ema_decay=args.ema_decay, time_budget=args.time_budget,
-                data="QM9" if args.data is None else str(Path(args.data).resolve()))
+    meta = checkpoint.RunRecord(
+        target=args.target, model_config=config, seed=args.seed, subset_size=args.subset_size,
+        targets=[dict(name=t.name, unit=t.unit, column=t.column, output=r) for t, r in zip(specs, readouts)],
+        batch_size=args.batch_size, ema_decay=args.ema_decay, time_budget=args.time_budget,
+        data="QM9" if args.data is None else str(Path(args.data).resolve()))
 
     state = load_resume_state(args, meta) if args.resume else None
-    if state:
-        split = {k: state["split"][k] for k in ("train", "val", "test")}
+    saved = checkpoint.RunRecord.of(state) if state else None
+    if saved:
+        split = {k: saved.split[k] for k in ("train", "val", "test")}
     else:
         split = sources.make_split(data, args.data, args.split, args.subset_size, args.seed)
     check_shares(split, args.batch_size, world)
@@ -525,28 +528,26 @@ def run(args: argparse.Namespace) -> dict:
     columns = [t.column for t in specs]
     y = train_mols.y[:, columns]
     refs = targets.references(specs, readouts, train_mols.z, train_mols.batch, y, fit=args.data is not None)
-    meta["normalisation"] = targets.normalisation(readouts, refs, train_mols.z, train_mols.pos, train_mols.batch, y)
+    meta.normalisation = targets.normalisation(readouts, refs, train_mols.z, train_mols.pos, train_mols.batch, y)
     start = None
     if args.init_from and not state:
         src = transfer.load_source(args.init_from, config)
         renames = transfer.parse_renames(args.init_output) if args.init_output else {}
-        matches = transfer.matching_outputs(src, meta["targets"], renames)
-        meta["normalisation"] = transfer.carry_normalisation(src, matches, meta["normalisation"])
-        renamed = {k: j for k, j in matches.items() if meta["targets"][k]["name"] in renames}
+        matches = transfer.matching_outputs(src, meta.targets, renames)
+        meta.normalisation = transfer.carry_normalisation(src, matches, meta.normalisation)
+        renamed = {k: j for k, j in matches.items() if meta.names[k] in renames}
         if renamed:
-            meta["normalisation"] = transfer.refit_references(
+            meta.normalisation = transfer.refit_references(
                 src, renamed, lambda m: batched_outputs(m, Batcher(data), split["train"], 512), y,
-                train_mols.z, train_mols.batch, meta["normalisation"])
+                train_mols.z, train_mols.batch, meta.normalisation)
         start = (src, matches)
-    if state:
-        meta["normalisation"] = state["normalisation"]
-        if "init_from" in state:
-            meta["init_from"] = state["init_from"]
-    meta["split"] = split
-    meta["elements"] = train_mols.z.unique().tolist()  # what predict.py accepts
+    if saved:
+        meta.normalisation, meta.init_from = saved.normalisation, saved.init_from
+    meta.split = split
+    meta.elements = train_mols.z.unique().tolist()  # what predict.py accepts
     heavy = torch.zeros(len(split["train"]), dtype=torch.long).index_add_(0, train_mols.batch,
                                                                        (train_mols.z > 1).long())
-    meta["max_heavy_atoms"] = int(heavy.max())  # predict.py notes larger molecules (inference/domain.py)
+    meta.max_heavy_atoms = int(heavy.max())  # predict.py notes larger molecules (inference/domain.py)
     trainer = Trainer(args, data, split, meta, device, world, start)
     p = trainer.restore(state) if state else Progress()
 
