@@ -1,4 +1,4 @@
-"""Label structure files with energies and forces (qm.py), resumably, one molecule per process.
+"""Label structure files with energies and forces (qm.py), resumably, in worker processes.
 
     python -m schnetqm9.potential.labelling inputs.extxyz --method b3lyp --output labels.extxyz.gz --workers 1
     python -m schnetqm9.potential.labelling inputs.extxyz --method gfn2 --output xtb.extxyz.gz --workers 2
@@ -136,10 +136,16 @@ def _work(args: tuple[Job, Method]) -> tuple[Job, str | None, float, str | None]
     return job, frame_text(job.atoms, label, method, job.key), label.seconds, None
 
 
+# frames a worker process labels before it is replaced: B3LYP one (minutes each, and a crash or a leak of one SCF
+# touches no other), GFN2-xTB many (0.01-0.1 s each, where starting a process costs seconds)
+FRAMES_PER_PROCESS = {"pyscf": 1, "tblite": 500}
+
+
 def run(paths: list[str], output: Path, method: Method, workers: int = 1, limit: int | None = None,
         charge: int = 0, spin: int = 0, threads: int = 1) -> tuple[int, int]:
     """Label the frames of `paths` (the first `limit` of them) not yet in `output`; returns (labelled now, skipped
-    now). Each molecule runs in a fresh process of a pool of `workers`, each with `threads` OpenMP threads."""
+    now). The frames run in a pool of `workers` processes, each with `threads` OpenMP threads, replaced after
+    FRAMES_PER_PROCESS frames of the method's program."""
     from tqdm.auto import tqdm
 
     jobs = list(read_jobs(paths, charge, spin))[:limit]
@@ -168,7 +174,7 @@ def run(paths: list[str], output: Path, method: Method, workers: int = 1, limit:
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     ctx = multiprocessing.get_context("spawn")
     bar = tqdm(total=len(todo), desc=f"Labelling ({method.name})", unit="mol")
-    with ctx.Pool(workers, maxtasksperchild=1) as pool:
+    with ctx.Pool(workers, maxtasksperchild=FRAMES_PER_PROCESS[method.program]) as pool:
         for job, text, seconds, reason in pool.imap_unordered(_work, [(j, method) for j in todo]):
             if text is None:
                 report_skip(output, job, reason)
@@ -189,13 +195,14 @@ def report_skip(output: Path, job: Job, reason: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Label structure files with energies and forces: B3LYP/6-31G(2df,p), QM9's level of "
-               "theory (PySCF), or GFN2-xTB (tblite); resumable, one molecule per process.")
+               "theory (PySCF), or GFN2-xTB (tblite); resumable, in worker processes.")
     p.add_argument("inputs", nargs="+", help="structure files (anything ase.io.read reads; Angstrom)")
     p.add_argument("--output", type=Path, required=True, help="the labelled frames, gzipped extended XYZ "
                    "(appended to: the same command resumes a run)")
     p.add_argument("--method", choices=sorted(METHODS), default="b3lyp", help="b3lyp: B3LYP/6-31G(2df,p) with "
                    "density fitting, spherical shells; b3lyp-cart: the same with Cartesian shells; gfn2: GFN2-xTB")
-    p.add_argument("--workers", type=int, default=1, help="molecules computed at once, each in its own process")
+    p.add_argument("--workers", type=int, default=1, help="molecules computed at once, each in its own process (B3LYP: a fresh process per "
+                   f"molecule; GFN2-xTB: a process labels {FRAMES_PER_PROCESS['tblite']} before it is replaced)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads per process")
     p.add_argument("--limit", type=int, help="label only the first this many input frames")
     p.add_argument("--charge", type=int, default=0, help="net charge of frames without a charge= entry")
