@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from schnetqm9.cli import one_line
+from schnetqm9.data.batch import molecule_of_atoms
 
 SOURCE = Path(__file__).resolve().parent / "kernels.cpp"
 BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cpu_kernels"  # the clone's build/ folder
@@ -113,7 +114,7 @@ def radius_pairs_reference(pos: Tensor, r: float, batch: Tensor) -> Tensor:
     counts = torch.bincount(batch)  # [B] atoms per molecule
     npairs = counts * (counts - 1) // 2  # [B]
     total = int(npairs.sum())
-    mol = torch.repeat_interleave(torch.arange(counts.numel(), device=pos.device), npairs, output_size=total)
+    mol = molecule_of_atoms(npairs, total)  # [T] the molecule of each pair (its 'atoms' here are pairs)
     # (index_select rather than [] throughout: several times faster on these small index tensors)
     k = torch.arange(total, device=pos.device) - (torch.cumsum(npairs, 0) - npairs).index_select(0, mol)
     i = ((torch.sqrt(8.0 * k.double() + 1.0) + 1.0) * 0.5).floor().long()  # [T]; exact for k < 2^50
