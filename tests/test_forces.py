@@ -224,3 +224,28 @@ def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> 
         bare = ase.Atoms(numbers=[6, 1], positions=[[0, 0, 0], [0, 0, 1.1]])
         ase.io.write(tmp_path / "bare.extxyz", bare)
         force_check.main([str(tmp_path / "bare.extxyz"), "--output", str(tmp_path / "b.json")])
+
+
+@pytest.mark.slow
+def test_potential_check_measures_a_surface_model_against_u0_less_zpve(qm9) -> None:
+    """check.py's accuracy line: a QM9 model against its own column; a model of surface.py's file (target
+    'energy') against QM9's U0 - ZPVE as an atomization energy; any other file's model is refused."""
+    from schnetqm9.cli import UserError
+    from schnetqm9.model import checkpoint, shipped
+    from schnetqm9.potential import check
+
+    ckpt = checkpoint.load(shipped.path("U0"))
+    mae, compared = check.energy_mae(qm9, ckpt, 0)
+    assert compared == "U0" and mae == pytest.approx(checkpoint.test_mae(ckpt)["U0"], abs=1e-3)
+    # the U0 model read as a surface model: it predicts total U0, so it misses U0 - ZPVE as an atomization energy
+    # by its free-atom references plus the zero-point energy, molecule by molecule
+    as_surface = {**ckpt, "data": "/elsewhere/b3lyp.extxyz", "targets": [{**ckpt["targets"][0], "name": surface.KEY}]}
+    mae, compared = check.energy_mae(qm9, as_surface, 0)
+    test = splits.standard_split()["test"]
+    b = batching.Batcher(qm9)(test)
+    refs = torch.zeros(len(test), dtype=torch.float64).index_add_(
+        0, b.batch, checkpoint.build_model(ckpt).atomref[b.z, 0].double())
+    offset = (refs + qm9.y[test, TARGETS["zpve"].column].double()).abs().mean()
+    assert compared == "U0 - ZPVE" and mae == pytest.approx(float(offset), rel=1e-3)
+    with pytest.raises(UserError, match="no QM9 column"):
+        check.energy_mae(qm9, {**as_surface, "targets": [{**ckpt["targets"][0], "name": "gap"}]}, 0)
