@@ -119,16 +119,42 @@ def test_training_on_force_labels_learns_the_forces_of_the_surface(qm9, tmp_path
     assert errors[1.0] < 0.6 * errors[0.0], errors
 
 
+def test_the_prior_around_a_labelled_geometry_starts_from_its_forces(qm9) -> None:
+    """The curvature term on a structure file: at x' = x + delta its target is F*(x) + F_MMFF(x') - F_MMFF(x);
+    labels that are all zero give QM9's term; atoms without labels (NaN) get no target."""
+    torch.manual_seed(0)
+    model = SchNet(hidden_channels=16, num_filters=16, num_interactions=1, num_gaussians=10, cutoff=5.0).double()
+    b = batching.Batcher(qm9)(torch.arange(3))
+    pos = b.pos.double().requires_grad_(True)
+    energy = model(b.z, pos, b.batch)[:, 0]
+    terms = potential.PotentialLoss(0, 1.0, force_weight=0.0, prior_weight=1.0, noise=0.05, seed=0)
+    plain = float(terms(model, b.z, pos, b.batch, energy, 7).detach())
+    assert float(terms(model, b.z, pos, b.batch, energy, 7, torch.zeros_like(pos)).detach()) == pytest.approx(plain)
+    labels = torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype)
+    labels[:2] = float("nan")  # two atoms of the first molecule without labels
+    got = float(terms(model, b.z, pos, b.batch, energy, 7, labels).detach())
+    # the definition, step by step
+    spans = potential.molecule_spans(b.batch)
+    displaced = (pos.detach() + terms.displacement(pos, [], spans, 7)).requires_grad_(True)
+    f = potential.forces(model(b.z, displaced, b.batch)[:, 0], displaced)
+    x = pos.detach().numpy()
+    shift, typed = potential.prior_targets(potential.batch_typed(b.z.numpy(), x, spans), x, spans,
+                                           displaced.detach().numpy())
+    keep = torch.from_numpy(typed) & ~labels.isnan().any(-1)
+    expected = (f - torch.from_numpy(shift) - labels.nan_to_num()).square().sum(-1)[keep].mean()
+    assert got == pytest.approx(float(expected.detach()), rel=1e-9)
+    assert got != pytest.approx(plain, rel=1e-3)
+
 @pytest.mark.slow
 def test_a_run_on_a_file_with_forces_validates_and_tests_them(qm9, tmp_path) -> None:
     ase.io.write(tmp_path / "h.extxyz", displaced_frames(qm9, range(60)))
     common = ["--data", str(tmp_path / "h.extxyz"), "--target", "energy", "--unit", "eV", "--epochs", "2",
               "--device", "cpu", "--tsne-samples", "10", "--output-dir", str(tmp_path / "r"), "--checkpoint-dir",
               str(tmp_path / "c")]
-    proc = subprocess.run([sys.executable, "train_lite.py", *common, "--force-weight", "1"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "train_lite.py", *common, "--force-weight", "1", "--prior-weight", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "test forces (" in proc.stdout and "val MAE" in proc.stdout
+    assert "test forces (" in proc.stdout and "val MAE" in proc.stdout and "prior rms" in proc.stdout
     metrics = json.loads((tmp_path / "r" / "metrics_lite.json").read_text())
     test = json.loads((tmp_path / "r" / "split_lite.json").read_text())["test"]
     frames = ase.io.read(tmp_path / "h.extxyz", ":")
@@ -138,7 +164,7 @@ def test_a_run_on_a_file_with_forces_validates_and_tests_them(qm9, tmp_path) -> 
                                                       info={"energy": -1.0})] * 12)
     proc = subprocess.run([sys.executable, "train_lite.py", *common[2:], "--data", str(tmp_path / "bare.extxyz"),
                            "--force-weight", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and "needs forces" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode != 0 and "need forces" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_a_split_may_repeat_training_structures_but_not_share_them(tmp_path) -> None:

@@ -11,13 +11,17 @@ sets an error of 1 eV/A on every atom against 1 eV on every molecule. On QM9 the
 geometries are B3LYP minima, so F* = 0 for every atom. A structure file's labels are its `forces` (the labeller's,
 potential/labelling.py; atoms of a structure without them are left out).
 
-On QM9 alone, stationarity does not make a minimum, so a second term (QM9 only) shapes the surface around it: at
-the geometry displaced by Gaussian noise, x' = x + delta, the model's forces are trained towards the restoring
-forces of the MMFF94 force field shifted so that x is its stationary point,
+On QM9 alone, stationarity does not make a minimum, so a second term shapes the surface around it: at the
+geometry displaced by Gaussian noise, x' = x + delta, the model's forces are trained towards the restoring forces
+of the MMFF94 force field shifted so that x is its stationary point,
 
 .. math::
     F^*(x') = F_{\\mathrm{MMFF}}(x') - F_{\\mathrm{MMFF}}(x) \\approx -H_{\\mathrm{MMFF}}(x)\\,\\delta, \\qquad
     \\mathcal{L}_{\\mathrm{prior}} = \\frac{1}{N} \\sum_i \\frac{|F_i(x') - F^*_i(x')|^2}{s^2}
+
+Around a structure with force labels F*(x) (a structure file's), the same first-order step starts from them:
+F*(x') = F*(x) + F_MMFF(x') - F_MMFF(x); atoms without labels get no prior target. At QM9's minima F*(x) = 0 and
+the two agree.
 
 MMFF94's curvature at QM9's geometries is close to DFT's (its harmonic frequencies there are within a median 4 %
 of QM9's: docs/POTENTIAL.md); its minimum is not, which the shift removes; and where atoms are pushed together
@@ -258,6 +262,9 @@ class PotentialLoss:
             f = forces(model(z, displaced, batch)[:, self.output], displaced)  # [N, 3]
             target, known = prior_targets(typed, pos_np, spans, displaced.detach().double().cpu().numpy())
             target, known = torch.from_numpy(target).to(pos), torch.from_numpy(known).to(pos.device)
+            if labels is not None:  # around a labelled geometry: its forces plus MMFF's change, F* + H_MMFF delta
+                known = known & ~labels.isnan().any(-1)
+                target = target + labels.nan_to_num()
             if bool(known.any()):
                 loss = loss + self.prior_weight * measured(f - target)[known].mean() / self.scale**2
                 stats[1] = (f - target).detach().square().sum(-1)[known].mean()

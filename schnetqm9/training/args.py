@@ -122,7 +122,7 @@ def potential_flags(p: argparse._ArgumentGroup, defaults: dict) -> None:
                    "more than twice as much)")
     p.add_argument("--prior-weight", type=float, default=0.0, help="weight of the curvature term: forces at the "
                    "geometry displaced by --prior-noise trained towards MMFF94's, shifted to vanish at the DFT "
-                   "geometry (potential/losses.py)")
+                   "geometry (with --data: to equal the file's forces there; potential/losses.py)")
     p.add_argument("--prior-noise", type=float, default=0.05, help="displacement of the curvature term, A per "
                    "coordinate (Gaussian)")
     p.add_argument("--prior-thermal", type=float, default=0.0, metavar="E", help="draw the curvature term's "
@@ -164,9 +164,6 @@ def check_args(args: argparse.Namespace) -> None:
         args.lr = transfer.FINETUNE_LR if args.init_from else args.default_lr
     if not (args.lr > 0 and math.isfinite(args.lr)) or not args.cutoff > 0 or args.patience < 0:
         raise UserError("--lr and --cutoff must be positive and --patience non-negative")
-    if args.prior_weight and args.data is not None:
-        raise UserError("--prior-weight shapes QM9's minima with MMFF94: with --data, train on the file's forces "
-                        "with --force-weight alone")
     if args.force_weight or args.prior_weight:
         if args.data is None and "U0" not in targets.parse(args.target):
             raise UserError("--force-weight and --prior-weight train QM9's U0 as a potential: use them with "

@@ -504,9 +504,10 @@ def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     data, specs = sources.open_data(args.data, args.targets, args.unit, args.readout, args.data_dir)
-    if args.force_weight and args.data is not None and data.forces is None:
-        raise UserError(f"--force-weight with --data needs forces, and no structure of {args.data} has them: give "
-                        "each structure a per-atom 'forces' array (eV/A; extended XYZ: a forces:R:3 column)")
+    if (args.force_weight or args.prior_weight) and args.data is not None and data.forces is None:
+        raise UserError(f"--force-weight and --prior-weight with --data need forces, and no structure of {args.data} "
+                        "has them: give each structure a per-atom 'forces' array (eV/A; extended XYZ: a forces:R:3 "
+                        "column)")
     readouts = targets.readouts(specs, args.readout)
     config = dict(hidden_channels=args.hidden_channels, num_filters=args.num_filters,
                   num_interactions=args.num_interactions, num_gaussians=args.num_gaussians,
