@@ -30,41 +30,31 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from schnetqm9 import files
-from schnetqm9.cli import Parser, UserError, one_line
+from schnetqm9.cli import Parser, UserError
 from schnetqm9.data.qm9 import ELEMENTS
 from schnetqm9.model import shipped
 from schnetqm9.potential import calculator as ase_calculator
+from schnetqm9.potential import surface
 
 GOALS = dict(force_mae=0.05)
 SYMBOLS = {z: s for s, z in ELEMENTS.items()}
 
 
 def read_frames(paths: list[Path]) -> list:
-    """The frames (ase.Atoms) of extended-XYZ files, each with a label energy (eV) and per-atom forces (eV/A)."""
-    from ase.io import read
-
-    frames = []
-    for path in paths:
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        try:
-            found = read(path, index=":")
-        except Exception as err:  # ASE raises many kinds for a malformed file
-            raise UserError(f"{path}: not a readable extended-XYZ file ({one_line(err)})") from err
-        for k, atoms in enumerate(found):
-            calc = atoms.calc
-            energy = calc.results.get("energy") if calc is not None else atoms.info.get("energy")
-            forces = atoms.arrays.get("forces")
-            if forces is None and calc is not None:
-                forces = calc.results.get("forces")
-            if energy is None or forces is None:
-                raise UserError(f"{path}: frame {k} has no energy or no forces: give labelled frames "
-                                "(python -m schnetqm9.potential.labelling writes them)")
-            atoms.info["label_energy"], atoms.arrays["label_forces"] = float(energy), np.asarray(forces, float)
-            atoms.info.setdefault("name", f"{path.name}:{k}")
-            frames.append(atoms)
+    """The frames (ase.Atoms) of labelled files (surface.read_labelled), each with its label energy (eV) and forces
+    [n, 3] (eV/A) kept as info['label_energy'] and arrays['label_forces']."""
+    frames = surface.read_labelled([str(path) for path in paths])
     if not frames:
         raise UserError("no frames in " + ", ".join(map(str, paths)))
+    for k, atoms in enumerate(frames):
+        try:
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        except Exception:  # ASE: no calculator, or one without that property
+            name = atoms.info.get("name", atoms.get_chemical_formula())
+            raise UserError(f"frame {k} ({name}) has no energy or no forces: give labelled frames "
+                            "(python -m schnetqm9.potential.labelling writes them)") from None
+        atoms.info["label_energy"], atoms.arrays["label_forces"] = float(energy), np.array(forces, dtype=float)
+        atoms.info.setdefault("name", f"frame {k}")
     return frames
 
 
