@@ -92,12 +92,13 @@ def energy_rises(rows: list[dict]) -> None:
 
 def summarise(rows: list[dict]) -> dict:
     """Force errors over all components (all frames, per element, per kind) and the energy-rise errors."""
-    err = np.concatenate([np.abs(np.subtract(r["forces"], r["label_forces"])) for r in rows])  # [atoms, 3]
+    per_frame = [np.abs(np.subtract(r["forces"], r["label_forces"])) for r in rows]  # [n, 3] each
+    err = np.concatenate(per_frame)  # [atoms, 3]
     z = np.concatenate([r["z"] for r in rows])
     by_element = {SYMBOLS.get(int(e), str(e)): float(err[z == e].mean()) for e in np.unique(z)}
     kinds = defaultdict(list)
-    for r in rows:
-        kinds[r["kind"]].append(np.abs(np.subtract(r["forces"], r["label_forces"])))
+    for r, e in zip(rows, per_frame):
+        kinds[r["kind"]].append(e)
     by_kind = {k: dict(frames=len(v), force_mae=float(np.concatenate(v).mean())) for k, v in sorted(kinds.items())}
     s = dict(frames=len(rows), molecules=len({r["molecule"] for r in rows}), atoms=int(len(z)),
              force_mae=float(err.mean()), force_rmse=float(np.sqrt((err**2).mean())),
