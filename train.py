@@ -9,7 +9,7 @@ figures (results/), metrics and checkpoints (checkpoints/).
     python train_lite.py                              # the same loop, smaller defaults (10k subset, small model)
     torchrun --nproc_per_node 2 train_lite.py         # data-parallel, the same steps
 
-The loop is schnetqm9/training/loop.py; every flag is in `python train.py --help`.
+The loop is schnetqm9/training/ (loop.py sets a run up, trainer.py trains it, finish.py tests it); every flag is in `python train.py --help`.
 """
 from schnetqm9.training.loop import main
 

@@ -291,7 +291,9 @@ def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkey
     says so in one line, and the run ends with a finite test MAE better than predicting the training mean."""
     from train_lite import LITE_DEFAULTS
 
-    real_step, calls = train.train_step, []
+    from schnetqm9.training import trainer
+
+    real_step, calls = trainer.train_step, []
 
     def step_with_a_blow_up(model, *args, **kwargs):
         calls.append(1)
@@ -300,8 +302,8 @@ def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkey
                 model.lin2.weight.mul_(1e4)
         return real_step(model, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", step_with_a_blow_up)
-    monkeypatch.setattr(train.Trainer, "SNAPSHOT_EVERY", 20)
+    monkeypatch.setattr(trainer, "train_step", step_with_a_blow_up)
+    monkeypatch.setattr(trainer.Trainer, "SNAPSHOT_EVERY", 20)
     metrics = train.main(["--subset-size", "1000", "--epochs", "3", "--tsne-samples", "25", "--device", "cpu",
                           "--output-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "ck"),
                           "--data-dir", str(REPO / "data")], defaults=LITE_DEFAULTS)

@@ -108,7 +108,7 @@ class LossGuard:
     m_k <- d m_k + (1 - d) L_k (d = `decay` per window) is the reference, and the window's level is
     r = (1/K) sum_k L_k / m_k (1 for a loss at its usual level). A window with r > `factor`, or a loss that is not
     finite, is a spike: the trainer then restores the last good state it kept, multiplies the learning rate by
-    `cut`, and goes on (train.Trainer.check_window). A blow-up of the shared representation lifts every target's
+    `cut`, and goes on (trainer.Trainer.check_window). A blow-up of the shared representation lifts every target's
     loss by orders of magnitude within a few steps (docs/SHORT_BUDGET.md: 3.9e8); one target's outlier molecules
     lift only its own term, which r divides by K. (A per-target test, max_k L_k / m_k > 10, fired in the first epoch
     of the twelve-target run on full QM9: one target's 10-step window at 16 times its running mean, while the mean
