@@ -1,5 +1,5 @@
 """The ZBL wall: nothing at any QM9 geometry, the screened Coulomb repulsion of the nuclei where atoms meet, smooth
-in between, and its forces in the ASE calculator exact."""
+in between, onsets per element pair, and its forces in the ASE calculator exact."""
 from __future__ import annotations
 
 import math
@@ -14,18 +14,40 @@ from schnetqm9.potential import repulsion
 from schnetqm9.potential.calculator import SchNetCalculator
 
 
-def test_qm9s_shortest_distance_is_beyond_the_switch(qm9) -> None:
-    """Over all 130,831 molecules: the shortest interatomic distance is SHORTEST_QM9, above R_OFF, so the wall adds
-    exactly zero to every QM9 geometry (and to none of the training data)."""
-    shortest = math.inf
+def test_each_pairs_shortest_qm9_distance_is_beyond_its_switch(qm9) -> None:
+    """Over all 130,831 molecules: each element pair's shortest distance is the table's SHORTEST, so every pair's
+    onset OFF d_ij lies inside it and the wall adds exactly zero to every QM9 geometry (and to none of the training
+    data)."""
+    shortest: dict[tuple[int, int], float] = {}
     for chunk in torch.arange(len(qm9)).split(4096):
         b = batching.Batcher(qm9)(chunk)
         pos = b.pos.double()
-        j, i = graph.radius_graph(pos, 1.2, b.batch)
-        shortest = min(shortest, float((pos[i] - pos[j]).norm(dim=-1).min()))
+        j, i = graph.radius_graph(pos, 3.0, b.batch)
+        keep = i < j
+        i, j = i[keep], j[keep]
+        r = (pos[i] - pos[j]).norm(dim=-1)
+        lo, hi = torch.minimum(b.z[i], b.z[j]), torch.maximum(b.z[i], b.z[j])
+        for a, c in torch.stack([lo, hi], 1).unique(dim=0).tolist():
+            here = float(r[(lo == a) & (hi == c)].min())
+            shortest[a, c] = min(shortest.get((a, c), math.inf), here)
         assert float(repulsion.energy(b.z, pos, b.batch).abs().max()) == 0.0
-    assert shortest == pytest.approx(repulsion.SHORTEST_QM9, abs=1e-4)
-    assert repulsion.R_OFF < shortest
+    assert shortest.keys() == repulsion.SHORTEST.keys()  # all 15 pairs of H, C, N, O, F come within 3 A somewhere
+    for pair, d in shortest.items():
+        assert d == pytest.approx(repulsion.SHORTEST[pair], abs=1e-4), pair
+        assert repulsion.OFF * float(repulsion.REFERENCE[pair]) < d
+
+
+def test_reference_lengths_are_qm9s_or_a_bonds_whichever_is_shorter() -> None:
+    """O-H keeps QM9's 0.9586 A; O-O and H-H, which QM9 never bonds (2.15 and 1.51 A at the least), get 1.2 times
+    their covalent sums, so the wall stays out of real bonds from outside QM9: a peroxide's O-O (1.47 A), H2 (0.74 A);
+    the table is symmetric."""
+    d = repulsion.REFERENCE
+    assert float(d[1, 8]) == pytest.approx(0.9586) and float(d[8, 1]) == float(d[1, 8])
+    assert float(d[8, 8]) == pytest.approx(1.2 * 1.32, abs=0.01) and float(d[1, 1]) == pytest.approx(0.744, abs=0.01)
+    for z, bond in ((8, 1.47), (1, 0.74)):
+        pair = torch.tensor([[0.0, 0, 0], [bond, 0, 0]], dtype=torch.float64)
+        assert float(repulsion.energy(torch.tensor([z, z]), pair)) == 0.0
+    torch.testing.assert_close(d, d.T)
 
 
 def test_screening_tends_to_bare_coulomb_and_decays() -> None:
@@ -40,23 +62,27 @@ def test_screening_tends_to_bare_coulomb_and_decays() -> None:
 
 
 def test_switch_is_twice_continuously_differentiable() -> None:
-    r = torch.tensor([repulsion.R_ON, repulsion.R_OFF, 0.3, 1.5, 0.75], dtype=torch.float64, requires_grad=True)
-    s = repulsion.switch(r)
+    d = torch.full((5,), 1.2, dtype=torch.float64)
+    on, off = repulsion.ON * 1.2, repulsion.OFF * 1.2
+    r = torch.tensor([on, off, 0.3, 1.5, (on + off) / 2], dtype=torch.float64, requires_grad=True)
+    s = repulsion.switch(r, d)
     (d1,) = torch.autograd.grad(s.sum(), r, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), r)
-    assert s.detach().tolist()[:4] == [1.0, 0.0, 1.0, 0.0] and 0 < float(s[4].detach()) < 1
+    assert s.detach().tolist()[:4] == pytest.approx([1.0, 0.0, 1.0, 0.0], abs=1e-12) and 0 < float(s[4].detach()) < 1
     assert d1[:4].abs().max() < 1e-12 and d2[:4].abs().max() < 1e-9 and float(d1[4].detach()) < 0
 
 
 def test_energy_is_the_sum_over_close_pairs_per_molecule() -> None:
-    """Two molecules in one batch: H2 at 0.5 A, and a C-H pair at 0.7 A beside an O far away from both."""
+    """Two molecules in one batch: H2 at 0.3 A (inside the H-H onset: full ZBL), and a C-H pair at 0.75 A, in the
+    C-H switch, beside an O far away from both."""
     z = torch.tensor([1, 1, 6, 1, 8])
-    pos = torch.tensor([[0, 0, 0], [0.5, 0, 0], [0, 0, 0], [0.7, 0, 0], [0, 3, 0]], dtype=torch.float64)
+    pos = torch.tensor([[0, 0, 0], [0.3, 0, 0], [0, 0, 0], [0.75, 0, 0], [0, 3, 0]], dtype=torch.float64)
     batch = torch.tensor([0, 0, 1, 1, 1])
     e = repulsion.energy(z, pos, batch)
-    hh = repulsion.zbl_pair(torch.tensor([1]), torch.tensor([1]), torch.tensor([0.5], dtype=torch.float64))
-    ch = repulsion.zbl_pair(torch.tensor([6]), torch.tensor([1]), torch.tensor([0.7], dtype=torch.float64))
-    s = repulsion.switch(torch.tensor([0.7], dtype=torch.float64))
+    hh = repulsion.zbl_pair(torch.tensor([1]), torch.tensor([1]), torch.tensor([0.3], dtype=torch.float64))
+    ch = repulsion.zbl_pair(torch.tensor([6]), torch.tensor([1]), torch.tensor([0.75], dtype=torch.float64))
+    s = repulsion.switch(torch.tensor([0.75], dtype=torch.float64), repulsion.REFERENCE[6, 1].reshape(1))
+    assert 0 < float(s) < 1
     torch.testing.assert_close(e, torch.cat([hh, ch * s]))
     assert float(e[1]) > 1.0  # eV: a C-H pair at 0.7 A costs more than any bond's energy gains there
 

@@ -289,9 +289,8 @@ def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkey
     """Blow the weights up in the middle of a run (the output layer times 1e4, as an Adam blow-up would): the next
     check sees the loss jump against its running mean, restores the last good state, halves the learning rate,
     says so in one line, and the run ends with a finite test MAE better than predicting the training mean."""
-    from train_lite import LITE_DEFAULTS
-
     from schnetqm9.training import trainer
+    from train_lite import LITE_DEFAULTS
 
     real_step, calls = trainer.train_step, []
 

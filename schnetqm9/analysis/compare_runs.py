@@ -69,7 +69,7 @@ def minutes_to_reach(run: Run, threshold: float) -> tuple[float, float] | None:
 def markdown(runs: list[Run], thresholds: list[float]) -> str:
     """Validation MAE per epoch, one column per run, then minutes per epoch, minutes to each threshold and test MAE."""
     unit = next((r.unit for r in runs if r.unit), "")
-    head = f"| epoch | " + " | ".join(f"{r.label} val MAE{f' ({unit})' if unit else ''}" for r in runs) + " |"
+    head = "| epoch | " + " | ".join(f"{r.label} val MAE{f' ({unit})' if unit else ''}" for r in runs) + " |"
     lines = [head, "|---|" + "---|" * len(runs)]
     for i in range(max(len(r.epochs) for r in runs)):
         epoch = next(r.epochs[i] for r in runs if i < len(r.epochs))

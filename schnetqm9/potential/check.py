@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--noise", type=float, default=0.05, help="displacement before relaxing, A per coordinate")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the displacements and the velocities")
     p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
-                   "calculator's ZBL wall below 0.9 A (potential/repulsion.py)")
+                   "calculator's ZBL wall (potential/repulsion.py)")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/potential_check.json"), help="the JSON written")
     args = p.parse_args(argv)

@@ -14,9 +14,10 @@ For every labelled frame x of a molecule, with the label's energy E*(x) and forc
               from QM9's by a per-molecule offset (labels/README.md) and an energy model's output may be U0 (with
               the zero-point energy) or the electronic energy.
 
-The model is evaluated through SchNetCalculator (float64, with its repulsive wall, which is zero beyond 0.9 A), as a
-user's relaxation or MD would see it. Prints a table, writes the per-frame numbers and the summary to --output
-(JSON) and the parity plot of the force components, per element, to --figure.
+The model is evaluated through SchNetCalculator (float64, with its repulsive wall, which is zero beyond 0.8 of each
+element pair's shortest QM9 distance), as a user's relaxation or MD would see it. Prints a table, writes the
+per-frame numbers and the summary to --output (JSON) and the parity plot of the force components, per element, to
+--figure.
 """
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", type=Path, default=shipped.path(shipped.RELAXER), help="an energy checkpoint")
     p.add_argument("--target", help="its energy output (default: its only output, or U0)")
     p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
-                   "calculator's ZBL wall below 0.9 A")
+                   "calculator's ZBL wall (potential/repulsion.py)")
     p.add_argument("--output", type=Path, default=Path("results/force_check.json"), help="the JSON written")
     p.add_argument("--figure", type=Path, default=Path("results/force_parity.png"), help="the parity plot written")
     args = p.parse_args(argv)

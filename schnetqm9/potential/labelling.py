@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> None:
                    "(appended to: the same command resumes a run)")
     p.add_argument("--method", choices=sorted(METHODS), default="b3lyp", help="b3lyp: B3LYP/6-31G(2df,p) with "
                    "density fitting, spherical shells; b3lyp-cart: the same with Cartesian shells; gfn2: GFN2-xTB")
-    p.add_argument("--workers", type=int, default=1, help="molecules computed at once, each in its own process (B3LYP: a fresh process per "
-                   f"molecule; GFN2-xTB: a process labels {FRAMES_PER_PROCESS['tblite']} before it is replaced)")
+    p.add_argument("--workers", type=int, default=1, help="molecules computed at once, each in its own process "
+                   "(B3LYP: a fresh process per molecule; GFN2-xTB: a process labels "
+                   f"{FRAMES_PER_PROCESS['tblite']} before it is replaced)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads per process")
     p.add_argument("--limit", type=int, help="label only the first this many input frames")
     p.add_argument("--charge", type=int, default=0, help="net charge of frames without a charge= entry")
