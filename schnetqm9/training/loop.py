@@ -1,7 +1,7 @@
 """The one training loop of the repo, for train.py and train_lite.py (which only changes the defaults): train on QM9
 or your own structures, for one target or several; evaluate on the test split; write figures, metrics, checkpoints.
 
-Batches are cut from flat tensors held on the training device (data/qm9.py's Batcher), so no DataLoader or
+Batches are cut from flat tensors held on the training device (data/batch.py's Batcher), so no DataLoader or
 per-molecule collation is involved. Reading order: run() below sets the run up (its data, its record, its starting
 weights); training/trainer.py's Trainer.fit trains it; training/finish.py tests and writes it. The flags and the
 combinations refused are in training/args.py, what a target is (unit, readout, standardisation) in
@@ -36,7 +36,6 @@ FULL_DEFAULTS = dict(
 )
 
 
-
 def load_resume_state(args: argparse.Namespace, meta: checkpoint.RunRecord) -> dict:
     """The interrupted run's state, checked against the flags that must not change across a resume."""
     path, best = state_paths(args)
@@ -64,7 +63,6 @@ def load_resume_state(args: argparse.Namespace, meta: checkpoint.RunRecord) -> d
         raise UserError(f"{best} is missing, but {path} says epoch {best_epoch} validated best: copy it beside "
                         f"{path.name} (it travels with the resume state), or start over without --resume")
     return state
-
 
 
 def join_processes(args: argparse.Namespace, device: torch.device) -> tuple[World, torch.device]:
@@ -116,7 +114,6 @@ def announce(trainer: Trainer, config: dict, device: torch.device, kernels: str)
         print(f"started from {init['checkpoint']}: embedding of elements {init['elements']} and the interaction "
               "blocks" + (f", output layers of {', '.join(init['outputs_copied'])}" if init["outputs_copied"] else "")
               + (" (frozen: only the output layers train)" if args.freeze_representation else ""))
-
 
 
 def open_data(args: argparse.Namespace) -> tuple[sources.Source, list[targets.Target], checkpoint.RunRecord]:
