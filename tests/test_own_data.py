@@ -52,6 +52,26 @@ def test_extended_xyz_gives_qm9s_flat_tensors_and_labels(qm9, tmp_path) -> None:
     torch.testing.assert_close(data.y, qm9.y[idx][:, [7, 4]])
 
 
+def test_a_gzipped_file_reads_as_its_plain_twin_without_seeking_in_the_stream(qm9, tmp_path, monkeypatch) -> None:
+    """mols.extxyz.gz gives the same structures and labels as mols.extxyz, and never seeks in the gzip stream (each
+    seek rereads it from the start: ASE's reader seeks once per frame, which made large files quadratic)."""
+    import gzip
+
+    idx = [0, 5, 100, 2000]
+    ase.io.write(tmp_path / "mols.extxyz", molecules(qm9, idx))
+    with open(tmp_path / "mols.extxyz", "rb") as plain, gzip.open(tmp_path / "mols.extxyz.gz", "wb") as packed:
+        packed.write(plain.read())
+
+    def no_seek(*args, **kwargs):
+        raise AssertionError("seek in a gzip stream")
+
+    monkeypatch.setattr(gzip.GzipFile, "seek", no_seek)
+    a = structure_file.LabelledStructures(tmp_path / "mols.extxyz", ["energy", "gap"], progress=False)
+    b = structure_file.LabelledStructures(tmp_path / "mols.extxyz.gz", ["energy", "gap"], progress=False)
+    for name in ("num_atoms", "z", "pos", "y"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name))
+
+
 def test_ase_database_key_value_pairs_and_energies(qm9, tmp_path) -> None:
     with ase.db.connect(tmp_path / "mols.db") as db:
         for atoms in molecules(qm9, [3, 4, 5]):

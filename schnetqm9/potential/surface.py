@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from schnetqm9.cli import Parser, UserError, one_line
-from schnetqm9.data import splits
+from schnetqm9.data import splits, structure_file
 from schnetqm9.data.qm9 import QM9
 from schnetqm9.data.targets import TARGETS
 from schnetqm9.files import atomic_write
@@ -75,14 +75,12 @@ def by_gdb(qm9: QM9, values: torch.Tensor) -> dict[int, float]:
 
 def read_labelled(paths: list[str]) -> list:
     """Every frame of the labelled files (ase.Atoms, with the labeller's info keys and calculator results)."""
-    import ase.io
-
     frames = []
     for path in paths:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
         try:
-            frames += ase.io.read(path, index=":")
+            frames += list(structure_file.read_all(path))
         except Exception as err:
             raise UserError(f"{path}: cannot read it as structures ({one_line(err)})") from None
     return frames
