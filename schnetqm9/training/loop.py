@@ -180,10 +180,12 @@ def run(args: argparse.Namespace) -> dict:
         split = sources.make_split(data, args.data, args.split, args.subset_size, args.seed)
     check_shares(split, args.batch_size, world)
     train_mols = Batcher(data)(split["train"])
-    y = normalise(args, meta, specs, train_mols)
-    start = None if state else starting_point(args, meta, data, split, train_mols, y)
-    if saved:
+    if saved:  # the normalisation the weights were trained with, not one refitted
         meta.normalisation, meta.init_from = saved.normalisation, saved.init_from
+        start = None
+    else:
+        y = normalise(args, meta, specs, train_mols)
+        start = starting_point(args, meta, data, split, train_mols, y)
     meta.split = split
     meta.elements = train_mols.z.unique().tolist()  # what predict.py accepts
     heavy = torch.zeros(len(split["train"]), dtype=torch.long).index_add_(0, train_mols.batch,
@@ -204,6 +206,8 @@ def run(args: argparse.Namespace) -> dict:
     metrics = finish(trainer, p, device, kernels)
     distributed.close(world)  # not on errors: tearing down a group with a dead peer can hang
     return metrics
+
+
 def main(argv: list[str] | None = None, defaults: dict = FULL_DEFAULTS,
          description: str = "Train SchNet on all of QM9 (110k/10k/rest split).") -> dict:
     argv = sys.argv[1:] if argv is None else argv
