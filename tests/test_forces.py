@@ -218,6 +218,23 @@ def test_the_surface_file_keeps_qm9s_split_and_trains_the_labelled_frames_more_o
     assert data.forces[data.ptr[np.flatnonzero(kind == "qm9")[0]]].abs().sum() == 0
 
 
+
+@pytest.mark.slow
+def test_learning_curve_sets_are_nested_and_validate_on_the_same_molecules(qm9) -> None:
+    """--molecules N trains on N labelled molecules: a smaller set is part of a larger one, the validation
+    molecules are the same whatever N, and no molecule both trains and validates."""
+    energies = surface.by_gdb(qm9, surface.qm9_minimum_energies(qm9))
+    frames, _ = surface.on_qm9_surface(surface.read_labelled([str(LABELS / "b3lyp_train.extxyz.gz")]), energies)
+
+    def molecules(n: int | None) -> tuple[set, set]:
+        out, split = surface.build(qm9, frames, [], 0, 0, 0.2, 2, 0, n)
+        return {out[i].gdb for i in split["train"]}, {out[i].gdb for i in split["val"]}
+
+    (small, val_small), (middle, val_middle), (full, val_full) = molecules(3), molecules(10), molecules(None)
+    assert len(small) == 3 and len(middle) == 10 and small < middle < full
+    assert val_small == val_middle == val_full and val_full and not full & val_full
+    assert len(full) + len(val_full) == len({f.gdb for f in frames})
+
 def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> None:
     """Frames labelled with the shipped potential's own surface, shifted by a per-molecule energy offset and with
     one frame's forces off by a known amount: the check finds exactly that force error, and the offset (which the

@@ -125,17 +125,23 @@ def choose(part: torch.Tensor, count: int | None, seed: int, salt: int) -> list[
 
 
 def build(qm9: QM9, train_frames: list[Frame], test_frames: list[Frame], minima: int, val_minima: int,
-          val_share: float, repeat: int, seed: int) -> tuple[list[Frame], dict[str, list[int]]]:
-    """The file's frames and the split (indices into them; a training frame appears `repeat` times)."""
+          val_share: float, repeat: int, seed: int, molecules: int | None = None
+          ) -> tuple[list[Frame], dict[str, list[int]]]:
+    """The file's frames and the split (indices into them; a training frame appears `repeat` times). With
+    `molecules`, only the frames of that many labelled training molecules train, the first of a seeded order: the
+    sets for a learning curve are nested, and the validation molecules (drawn first, from all) are the same in each.
+    """
     energies = qm9_minimum_energies(qm9)
     standard = splits.standard_split()
     by_molecule: dict[int, list[Frame]] = defaultdict(list)
     for f in train_frames:
         by_molecule[f.gdb].append(f)
-    molecules = sorted(by_molecule)
+    labelled = sorted(by_molecule)
     rng = np.random.default_rng(seed)
-    held = set(rng.choice(molecules, size=round(val_share * len(molecules)), replace=False).tolist()) \
-        if molecules else set()
+    held = set(rng.choice(labelled, size=round(val_share * len(labelled)), replace=False).tolist()) \
+        if labelled else set()
+    order = [labelled[i] for i in np.random.default_rng(draw_seed(seed, 3)).permutation(len(labelled))]
+    trained = set([g for g in order if g not in held][:molecules])  # all with None
     frames: list[Frame] = []
     split: dict[str, list[int]] = dict(train=[], val=[], test=[])
 
@@ -143,10 +149,13 @@ def build(qm9: QM9, train_frames: list[Frame], test_frames: list[Frame], minima:
         split[where] += [len(frames)] * times
         frames.append(frame)
 
-    for gdb in molecules:
+    for gdb in labelled:
         for f in by_molecule[gdb]:
-            add(f, "val" if gdb in held else "train", 1 if gdb in held else repeat)
-    labelled_minima = {f.gdb for f in train_frames if f.kind == "minimum"}
+            if gdb in held:
+                add(f, "val")
+            elif gdb in trained:
+                add(f, "train", repeat)
+    labelled_minima = {f.gdb for f in train_frames if f.kind == "minimum" and f.gdb in trained}
     for i in choose(standard["train"], minima, seed, 1):
         if int(qm9.gdb[i]) not in labelled_minima:
             add(qm9_minimum(qm9, i, float(energies[i])), "train")
@@ -203,28 +212,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-share", type=float, default=0.1,
                    help="share of the labelled training molecules whose frames validate instead of train")
     p.add_argument("--repeat", type=int, default=10, help="times each labelled training frame is in an epoch")
+    p.add_argument("--molecules", type=int, default=None, help="train on the labelled frames of only this many "
+                   "labelled training molecules (a seeded choice; smaller counts are subsets of larger ones, the "
+                   "validation molecules the same): the points of a learning curve")
     p.add_argument("--seed", type=int, default=0, help="seed of the minima drawn and of the validation molecules")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, required=True, help="the extended-XYZ file written (and .split.json)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     try:
-        if min(args.minima, args.val_minima) < 0 or args.repeat < 1 or not 0 <= args.val_share < 1:
-            raise UserError("--minima and --val-minima must be non-negative, --repeat positive and --val-share in "
-                            "[0, 1)")
+        if min(args.minima, args.val_minima) < 0 or args.repeat < 1 or not 0 <= args.val_share < 1 \
+                or (args.molecules is not None and args.molecules < 1):
+            raise UserError("--minima and --val-minima must be non-negative, --repeat and --molecules positive and "
+                            "--val-share in [0, 1)")
         qm9 = QM9(args.data_dir)
         energies = by_gdb(qm9, qm9_minimum_energies(qm9))
         train_frames, left_train = on_qm9_surface(read_labelled(args.labels), energies)
         test_frames, left_test = on_qm9_surface(read_labelled(args.test), energies) if args.test else ([], 0)
         check_sides(qm9, train_frames, test_frames)
         frames, split = build(qm9, train_frames, test_frames, args.minima, args.val_minima, args.val_share,
-                              args.repeat, args.seed)
+                              args.repeat, args.seed, args.molecules)
         if not split["test"]:
             raise UserError("the test set is empty: give labelled frames of QM9 test molecules with --test")
     except UserError as err:
         sys.exit(f"error: {err}")
     write(frames, split, args.output, dict(command=shlex.join(["python", "-m", __spec__.name, *argv]), seed=args.seed))
-    labelled = len(train_frames)
+    labelled = sum(f.source != "qm9" for f in frames) - len(test_frames)
     print(f"{len(frames):,} structures written to {args.output} ({labelled} labelled training frames, "
           f"{len(test_frames)} test frames, {len(frames) - labelled - len(test_frames):,} QM9 minima); split "
           f"{len(split['train']):,} / {len(split['val']):,} / {len(split['test']):,} (training frames x{args.repeat}) "
