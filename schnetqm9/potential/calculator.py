@@ -75,6 +75,12 @@ class SchNetCalculator(Calculator):
         self.checkpoint_path = path
         self.repulsion = repulsion
 
+    def energy(self, z: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The surface: energy [] (eV, float64) of one molecule, z [n] and pos [n, 3] (Angstrom, float64),
+        differentiable in pos (twice: potential/frequencies.py takes its Hessian)."""
+        energy = self.model(z, pos)[0, self.output]
+        return energy + repulsion.energy(z, pos)[0] if self.repulsion else energy
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         if self.atoms.pbc.any():
@@ -86,9 +92,7 @@ class SchNetCalculator(Calculator):
         z = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
         pos = torch.as_tensor(self.atoms.get_positions(), dtype=torch.float64, device=self.device)
         pos.requires_grad_(True)
-        energy = self.model(z, pos)[0, self.output]  # [] eV, float64
-        if self.repulsion:
-            energy = energy + repulsion.energy(z, pos)[0]
+        energy = self.energy(z, pos)
         (grad,) = torch.autograd.grad(energy, pos)  # [n, 3] eV/Angstrom
         e = float(energy.detach())
         self.results = dict(energy=e, free_energy=e, forces=-grad.cpu().numpy().astype(np.float64))
