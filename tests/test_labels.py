@@ -135,3 +135,20 @@ def test_heavy_atoms_are_counted_per_molecule(qm9) -> None:
     assert heavy[0] == 1 and int(heavy.max()) == 9
     for i in (0, 2, 100, 57_000, 130_830):
         assert int(heavy[i]) == int((qm9[i].z > 1).sum())
+
+
+def test_a_relabelled_frame_carries_only_the_new_methods_settings() -> None:
+    """Relabelling a B3LYP file at GFN2-xTB (to compare the two methods frame by frame) keeps the input's own keys
+    and none of B3LYP's settings: a GFN2-xTB label recorded with an exchange-correlation functional would lie."""
+    import io
+    from types import SimpleNamespace
+
+    from schnetqm9.potential.labelling import frame_text
+
+    atoms = Atoms(numbers=WATER[0], positions=WATER[1])
+    atoms.info.update(name="gdb_3:0:t300", gdb=3, kind="t300", **METHODS["b3lyp"].settings(), label_key="gdb_3:0:t300")
+    label = SimpleNamespace(energy=-137.9, forces=np.zeros((3, 3)), seconds=0.01, cycles=0)
+    out = ase.io.read(io.StringIO(frame_text(atoms, label, METHODS["gfn2"], "gdb_3:0:t300")), format="extxyz")
+    assert out.info["name"] == "gdb_3:0:t300" and out.info["kind"] == "t300" and out.info["label_name"] == "gfn2"
+    assert {k for k in out.info if k.startswith("label_")} == set(METHODS["gfn2"].settings()) | {
+        "label_key", "label_seconds", "label_cycles"}

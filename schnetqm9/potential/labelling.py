@@ -94,11 +94,13 @@ def append(path: Path, data: bytes) -> None:
 
 
 def frame_text(atoms, label, method: Method, key: str) -> str:
-    """One extended-XYZ frame: the input's keys, the label as calculator results, the settings."""
+    """One extended-XYZ frame: the input's keys, the label as calculator results, the settings. An input that was
+    itself labelled (another method's file relabelled) keeps none of that method's settings."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
 
     out = atoms.copy()
+    out.info = {k: v for k, v in out.info.items() if not str(k).startswith("label_")}
     out.info.update(method.settings())
     out.info.update(label_key=key, label_seconds=round(label.seconds, 3), label_cycles=label.cycles)
     out.calc = SinglePointCalculator(out, energy=label.energy, forces=label.forces)
