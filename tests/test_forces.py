@@ -269,6 +269,31 @@ def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> 
         force_check.main([str(tmp_path / "bare.extxyz"), "--output", str(tmp_path / "b.json")])
 
 
+
+def test_force_check_compares_two_methods_labels_of_the_same_frames(tmp_path) -> None:
+    """--compare-labels: the other method's forces take the model's place, its energy offset cancels in the
+    rises, and a frame it did not label is refused in one line."""
+    from schnetqm9.potential import force_check
+
+    g = np.random.default_rng(1)
+    first, second = [], []
+    for kind in ("minimum", "t300"):
+        atoms = ase.Atoms("CH4", positions=g.normal(0, 1, (5, 3)))
+        atoms.info.update(gdb=1, kind=kind, name=f"gdb_1:0:{kind}")
+        forces, energy = g.normal(0, 1, (5, 3)), g.normal()
+        for frames, shift, offset in ((first, 0.0, 0.0), (second, 0.1, 7.0)):
+            a = atoms.copy()
+            a.calc = SinglePointCalculator(a, energy=energy + offset, forces=forces + shift)
+            frames.append(a)
+    for name, frames in (("first", first), ("second", second), ("one", second[:1])):
+        ase.io.write(tmp_path / f"{name}.extxyz", frames)
+    s = force_check.main([str(tmp_path / "first.extxyz"), "--compare-labels", str(tmp_path / "second.extxyz"),
+                          "--output", str(tmp_path / "c.json"), "--figure", str(tmp_path / "p.png")])
+    assert s["force_mae"] == pytest.approx(0.1) and s["rise_mae_mev"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(SystemExit, match="no frame gdb_1:0:t300"):
+        force_check.main([str(tmp_path / "first.extxyz"), "--compare-labels", str(tmp_path / "one.extxyz"),
+                          "--output", str(tmp_path / "d.json")])
+
 @pytest.mark.slow
 def test_potential_check_measures_a_surface_model_against_u0_less_zpve(qm9) -> None:
     """check.py's accuracy line: a QM9 model against its own column; a model of surface.py's file (target

@@ -3,6 +3,7 @@ frames (labels/, potential/labelling.py): the held-out measurement of a potentia
 
     python -m schnetqm9.potential.force_check labels/b3lyp_test.extxyz.gz
     python -m schnetqm9.potential.force_check labels/b3lyp_test.extxyz.gz --checkpoint checkpoints/best_model_energy.pth
+    python -m schnetqm9.potential.force_check labels/b3lyp_test.extxyz.gz --compare-labels gfn2_test.extxyz.gz
 
 For every labelled frame x of a molecule, with the label's energy E*(x) and forces F*(x) [n, 3]:
 
@@ -15,9 +16,11 @@ For every labelled frame x of a molecule, with the label's energy E*(x) and forc
               the zero-point energy) or the electronic energy.
 
 The model is evaluated through SchNetCalculator (float64, with its repulsive wall, which is zero beyond 0.8 of each
-element pair's shortest QM9 distance), as a user's relaxation or MD would see it. Prints a table, writes the
-per-frame numbers and the summary to --output (JSON) and the parity plot of the force components, per element, to
---figure.
+element pair's shortest QM9 distance), as a user's relaxation or MD would see it. With --compare-labels, another
+method's labels of the same frames (labelling.py run on the labelled file, e.g. --method gfn2) take the model's
+place: how far a cheaper level of theory is from the labels, the floor of a model pretrained on it alone. Prints a
+table, writes the per-frame numbers and the summary to --output (JSON) and the parity plot of the force components,
+per element, to --figure.
 """
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from tqdm.auto import tqdm
 
 from schnetqm9 import files
@@ -65,17 +70,43 @@ def molecule_of(atoms) -> str:
     return f"gdb_{gdb}" if gdb is not None else atoms.get_chemical_formula()
 
 
-def evaluate(frames: list, calc: ase_calculator.SchNetCalculator) -> list[dict]:
-    """One row per frame: the model's energy (eV) and forces [n, 3] (eV/A) beside the label's, and their errors."""
-    rows = []
-    for atoms in tqdm(frames, desc="Evaluating", unit="frame"):
+Surface = Callable[[Atoms], tuple[float, np.ndarray]]  # a frame -> (energy in eV, forces [n, 3] in eV/A)
+
+
+def of_calculator(calc: ase_calculator.SchNetCalculator) -> Surface:
+    def surface_at(atoms: Atoms) -> tuple[float, np.ndarray]:
         atoms = atoms.copy()
         atoms.calc = calc
-        f, ref = atoms.get_forces(), atoms.arrays["label_forces"]
+        return float(atoms.get_potential_energy()), atoms.get_forces()
+    return surface_at
+
+
+def of_labels(other: list) -> Surface:
+    """Another method's labels (read_frames) of the same frames, found by the frame's name; a frame missing from
+    them, or at other positions, is a one-line UserError."""
+    by_name = {str(a.info["name"]): a for a in other}
+
+    def surface_at(atoms: Atoms) -> tuple[float, np.ndarray]:
+        name = str(atoms.info["name"])
+        twin = by_name.get(name)
+        if twin is None or len(twin) != len(atoms) or not np.allclose(twin.positions, atoms.positions, atol=1e-6):
+            raise UserError(f"--compare-labels has no frame {name} at the same positions: label the same file "
+                            "with the other method (python -m schnetqm9.potential.labelling LABELS --method ...)")
+        return twin.info["label_energy"], twin.arrays["label_forces"]
+    return surface_at
+
+
+def evaluate(frames: list, surface_at: Surface) -> list[dict]:
+    """One row per frame: the model's (or other method's) energy (eV) and forces [n, 3] (eV/A) beside the label's,
+    and their errors."""
+    rows = []
+    for atoms in tqdm(frames, desc="Evaluating", unit="frame"):
+        energy, f = surface_at(atoms)
+        ref = atoms.arrays["label_forces"]
         cosine = float((f * ref).sum() / max(np.linalg.norm(f) * np.linalg.norm(ref), 1e-12))
         rows.append(dict(name=str(atoms.info["name"]), molecule=molecule_of(atoms),
                          kind=str(atoms.info.get("kind", "")), atoms=len(atoms), z=atoms.numbers.tolist(),
-                         energy=float(atoms.get_potential_energy()), label_energy=atoms.info["label_energy"],
+                         energy=float(energy), label_energy=atoms.info["label_energy"],
                          force_mae=float(np.abs(f - ref).mean()), force_rms_label=float(np.sqrt((ref**2).mean())),
                          cosine=cosine, forces=f.tolist(), label_forces=ref.tolist()))
     return rows
@@ -115,8 +146,8 @@ def summarise(rows: list[dict]) -> dict:
     return s
 
 
-def print_summary(s: dict, path: Path, labels: list[Path]) -> None:
-    print(f"model: {os.path.relpath(path)}; {s['frames']} labelled frames of {s['molecules']} molecules "
+def print_summary(s: dict, what: str, labels: list[Path]) -> None:
+    print(f"{what}; {s['frames']} labelled frames of {s['molecules']} molecules "
           f"({s['atoms']:,} atoms) from {', '.join(map(str, labels))}")
     print(f"  forces: MAE {s['force_mae']:.4f} eV/A per component (goal <= {GOALS['force_mae']}), RMSE "
           f"{s['force_rmse']:.4f}; cosine to the label's, median {s['cosine_median']:.4f} (label force RMS, median "
@@ -130,7 +161,7 @@ def print_summary(s: dict, path: Path, labels: list[Path]) -> None:
               f"{s['rise_error_median_mev']:+.1f} meV (negative: the model's surface too flat)")
 
 
-def plot_parity(rows: list[dict], summary: dict, path: Path, title: str) -> None:
+def plot_parity(rows: list[dict], summary: dict, path: Path, title: str, ylabel: str = "SchNet") -> None:
     """Model force components against the label's, one colour per element, with y = x."""
     from schnetqm9.plots import plt, save_figure
 
@@ -147,7 +178,7 @@ def plot_parity(rows: list[dict], summary: dict, path: Path, title: str) -> None
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
     ax.set_xlabel("DFT force component (eV/Å)")
-    ax.set_ylabel("SchNet force component (eV/Å)")
+    ax.set_ylabel(f"{ylabel} force component (eV/Å)")
     ax.text(0.04, 0.96, f"MAE  {summary['force_mae']:.4f} eV/Å\nRMSE {summary['force_rmse']:.4f} eV/Å",
             transform=ax.transAxes, va="top", family="monospace", fontsize=8,
             bbox=dict(boxstyle="round", fc="white", ec="0.7"))
@@ -163,25 +194,37 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--target", help="its energy output (default: its only output, or U0)")
     p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
                    "calculator's ZBL wall (potential/repulsion.py)")
+    p.add_argument("--compare-labels", type=Path, metavar="FILE", help="instead of a model, another method's labels "
+                   "of the same frames (labelling.py run on the labelled file, e.g. with --method gfn2)")
     p.add_argument("--output", type=Path, default=Path("results/force_check.json"), help="the JSON written")
     p.add_argument("--figure", type=Path, default=Path("results/force_parity.png"), help="the parity plot written")
     args = p.parse_args(argv)
     try:
         frames = read_frames(args.labels)
-        calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
-        rows = evaluate(frames, calc)
+        if args.compare_labels:
+            other = read_frames([args.compare_labels])
+            surface_at, name = of_labels(other), str(other[0].info.get("label_name", args.compare_labels.name))
+            what, repulsion = f"labels of {args.compare_labels} ({name})", None
+        else:
+            calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
+            surface_at, name = of_calculator(calc), "SchNet"
+            what, repulsion = f"model: {os.path.relpath(args.checkpoint)}", calc.repulsion
+        rows = evaluate(frames, surface_at)
     except UserError as err:
         sys.exit(f"error: {err}")
     energy_rises(rows)
-    summary = {**summarise(rows), "repulsion": calc.repulsion}
-    print_summary(summary, args.checkpoint, args.labels)
+    summary = {**summarise(rows), "repulsion": repulsion}
+    print_summary(summary, what, args.labels)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     kept = [{k: v for k, v in r.items() if k not in ("forces", "label_forces", "z")} for r in rows]
     with files.atomic_write(args.output) as tmp:
-        tmp.write_text(json.dumps(dict(checkpoint=str(args.checkpoint), labels=[str(x) for x in args.labels],
+        tmp.write_text(json.dumps(dict(checkpoint=None if args.compare_labels else str(args.checkpoint),
+                                       compared_labels=str(args.compare_labels) if args.compare_labels else None,
+                                       labels=[str(x) for x in args.labels],
                                        goals=GOALS, summary=summary, frames=kept), indent=1))
     args.figure.parent.mkdir(parents=True, exist_ok=True)
-    plot_parity(rows, summary, args.figure, f"Forces of {args.checkpoint.stem}")
+    title = f"Forces of {name if args.compare_labels else args.checkpoint.stem}"
+    plot_parity(rows, summary, args.figure, title, ylabel=name)
     print(f"wrote {args.output} and {args.figure}")
     return summary
 
