@@ -135,7 +135,7 @@ def test_the_prior_around_a_labelled_geometry_starts_from_its_forces(qm9) -> Non
     got = float(terms(model, b.z, pos, b.batch, energy, 7, labels).detach())
     # the definition, step by step
     spans = potential.molecule_spans(b.batch)
-    displaced = (pos.detach() + terms.displacement(pos, [], spans, 7)).requires_grad_(True)
+    displaced = (pos.detach() + terms.displacement(pos, [], spans, 7, b.batch)[0]).requires_grad_(True)
     f = potential.forces(model(b.z, displaced, b.batch)[:, 0], displaced)
     x = pos.detach().numpy()
     shift, typed = potential.prior_targets(potential.batch_typed(b.z.numpy(), x, spans), x, spans,
@@ -144,6 +144,30 @@ def test_the_prior_around_a_labelled_geometry_starts_from_its_forces(qm9) -> Non
     expected = (f - torch.from_numpy(shift) - labels.nan_to_num()).square().sum(-1)[keep].mean()
     assert got == pytest.approx(float(expected.detach()), rel=1e-9)
     assert got != pytest.approx(plain, rel=1e-3)
+
+
+def test_multiscale_noise_draws_one_scale_per_molecule_and_weights_it_back() -> None:
+    """--prior-noise-min: each molecule's displacement has its own scale in [a, sigma], log-uniform, and its
+    weight (sigma / scale)^2 makes every scale's expected squared displacement the same; a step's draw repeats."""
+    n_mol, atoms = 400, 12
+    batch = torch.arange(n_mol).repeat_interleave(atoms)
+    pos = torch.zeros(len(batch), 3, dtype=torch.float64)
+    spans = potential.molecule_spans(batch)
+    terms = potential.PotentialLoss(0, 1.0, force_weight=0.0, prior_weight=1.0, noise=0.05, seed=0, noise_min=0.005)
+    delta, weight = terms.displacement(pos, [], spans, 3, batch)
+    again, _ = terms.displacement(pos, [], spans, 3, batch)
+    assert torch.equal(delta, again)
+    scale = (0.05 / weight.sqrt()).view(n_mol, atoms)  # the scale each atom's weight says
+    assert (scale == scale[:, :1]).all() and scale.min() >= 0.005 - 1e-12 and scale.max() <= 0.05 + 1e-12
+    logs = scale[:, 0].log()
+    assert abs(float((logs.mean() - np.log(0.005 * 0.05) / 2) / (logs.std() / n_mol ** 0.5))) < 4  # log-uniform
+    measured = delta.view(n_mol, atoms, 3).square().mean((1, 2)).sqrt()  # each molecule's displacement RMS
+    assert float((measured / scale[:, 0]).median()) == pytest.approx(1.0, abs=0.1)
+    scaled_back = (delta.square().sum(-1) * weight).mean()  # E[w |delta|^2] = 3 sigma^2 whatever the scales
+    assert float(scaled_back) == pytest.approx(3 * 0.05**2, rel=0.1)
+    single = potential.PotentialLoss(0, 1.0, force_weight=0.0, prior_weight=1.0, noise=0.05, seed=0)
+    plain, ones = single.displacement(pos, [], spans, 3, batch)
+    assert torch.equal(ones, torch.ones_like(ones)) and float(plain.std()) == pytest.approx(0.05, rel=0.05)
 
 @pytest.mark.slow
 def test_a_run_on_a_file_with_forces_validates_and_tests_them(qm9, tmp_path) -> None:

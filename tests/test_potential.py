@@ -83,7 +83,8 @@ def test_force_flags_need_qm9_u0(tmp_path: Path) -> None:
     for flags in (["--target", "gap", "--force-weight", "1"], ["--target", "U0", "--prior-weight", "-1"],
                   ["--target", "U0", "--prior-weight", "1", "--prior-noise", "0"], ["--target", "U0", "--precondition",
                   "1"], ["--target", "U0", "--force-weight", "1", "--precondition", "-1"],
-                  ["--target", "U0", "--force-weight", "1", "--prior-thermal", "0.025"]):
+                  ["--target", "U0", "--force-weight", "1", "--prior-thermal", "0.025"],
+                  ["--target", "U0", "--prior-weight", "1", "--prior-noise-min", "0.1"]):
         proc = subprocess.run([sys.executable, "train_lite.py", *flags, "--output-dir", str(tmp_path),
                                "--checkpoint-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
         lines = proc.stderr.strip().splitlines()

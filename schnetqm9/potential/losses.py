@@ -45,6 +45,13 @@ than k keep the plain term; along softer ones the residual counts as the displac
 Isotropic noise probes the soft modes little (their restoring forces, lambda delta, are small beside the
 stretches'); with an energy E > 0 (`train.py --prior-thermal E`) the prior's displacements are drawn along MMFF's
 modes instead, each holding a mean harmonic energy E/2 (`thermal_displacement`).
+
+One noise scale sigma trains the forces at |delta| ~ sigma and, with the zero forces at the minimum, nothing in
+between: a model can meet both with a flat-bottomed well, whose curvature at the minimum (its harmonic
+frequencies) is far below MMFF's although its forces at sigma are right (docs/POTENTIAL.md, "Frequencies"). With
+`train.py --prior-noise-min a` each molecule m draws its own scale log-uniformly, log sigma_m ~ U(log a,
+log sigma), and its residual is weighted by (sigma / sigma_m)^2, so that every scale counts alike: the small ones
+fit the Hessian at the minimum (F* ~ -H_MMFF delta), the large ones the restoring forces farther out.
 """
 from __future__ import annotations
 
@@ -221,8 +228,9 @@ class PotentialLoss:
     seeded by (seed, t), so a resumed run draws the same ones."""
 
     def __init__(self, output: int, scale: float, force_weight: float, prior_weight: float, noise: float,
-                 seed: int, stiffness: float = 0.0, thermal: float = 0.0) -> None:
+                 seed: int, stiffness: float = 0.0, thermal: float = 0.0, noise_min: float = 0.0) -> None:
         self.output, self.scale, self.noise, self.seed = output, scale, noise, seed
+        self.noise_min = noise_min  # > 0: each molecule's noise scale log-uniform in [noise_min, noise]
         self.force_weight, self.prior_weight, self.stiffness = force_weight, prior_weight, stiffness
         self.thermal = thermal  # > 0: the prior's displacements along MMFF's modes (thermal_displacement), not noise
         self.sums: Tensor | None = None  # [2] summed over steps: mean |F|^2 at minima, mean |F - F*|^2 displaced
@@ -258,7 +266,8 @@ class PotentialLoss:
             loss = loss + self.force_weight * (measured(r) * known).sum() / count / self.scale**2
             stats[0] = r.detach().square().sum(-1).sum() / count
         if self.prior_weight:
-            displaced = (pos.detach() + self.displacement(pos, modes, spans, step)).requires_grad_(True)
+            delta, weight = self.displacement(pos, modes, spans, step, batch)
+            displaced = (pos.detach() + delta).requires_grad_(True)
             f = forces(model(z, displaced, batch)[:, self.output], displaced)  # [N, 3]
             target, known = prior_targets(typed, pos_np, spans, displaced.detach().double().cpu().numpy())
             target, known = torch.from_numpy(target).to(pos), torch.from_numpy(known).to(pos.device)
@@ -266,24 +275,32 @@ class PotentialLoss:
                 known = known & ~labels.isnan().any(-1)
                 target = target + labels.nan_to_num()
             if bool(known.any()):
-                loss = loss + self.prior_weight * measured(f - target)[known].mean() / self.scale**2
+                loss = loss + self.prior_weight * (measured(f - target) * weight)[known].mean() / self.scale**2
                 stats[1] = (f - target).detach().square().sum(-1)[known].mean()
         self.sums = stats if self.sums is None else self.sums + stats
         self.steps += 1
         return loss
 
-    def displacement(self, pos: Tensor, modes: list, spans: list[tuple[int, int]], step: int) -> Tensor:
-        """The prior's displacement [N, 3] at step `step`: Gaussian noise of `noise` A per coordinate, or with
-        `thermal`, each molecule's first 3n - 6 of the same normals driving its modes (`thermal_displacement`; no
-        move for a molecule MMFF cannot type, whose atoms get no target)."""
+    def displacement(self, pos: Tensor, modes: list, spans: list[tuple[int, int]], step: int,
+                     batch: Tensor) -> tuple[Tensor, Tensor]:
+        """The prior's displacement [N, 3] at step `step` and each atom's weight [N]: Gaussian noise of `noise` A
+        per coordinate (weight 1); with `noise_min`, of a scale sigma_m per molecule (weight (noise / sigma_m)^2,
+        module docstring); or with `thermal`, each molecule's first 3n - 6 of the same normals driving its modes
+        (`thermal_displacement`; no move for a molecule MMFF cannot type, whose atoms get no target)."""
         g = torch.Generator().manual_seed(draw_seed(self.seed, step))
         xi = torch.randn(pos.shape, generator=g, dtype=pos.dtype)  # [N, 3]
+        ones = torch.ones(len(pos), dtype=pos.dtype, device=pos.device)
+        if self.noise_min:
+            u = torch.rand(len(spans), generator=g, dtype=pos.dtype)  # [B]
+            sigma = (math.log(self.noise_min) + u * math.log(self.noise / self.noise_min)).exp().to(pos.device)
+            sigma = sigma[batch]  # [N]
+            return xi.to(pos.device) * sigma[:, None], (self.noise / sigma) ** 2
         if not self.thermal:
-            return (xi * self.noise).to(pos.device)
+            return (xi * self.noise).to(pos.device), ones
         parts = [np.zeros((b - a, 3)) if mode is None else
                  thermal_displacement(*mode, self.thermal, xi[a:b].double().flatten()[:len(mode[0])].numpy())
                  for mode, (a, b) in zip(modes, spans)]
-        return torch.from_numpy(np.concatenate(parts)).to(pos.device, pos.dtype)
+        return torch.from_numpy(np.concatenate(parts)).to(pos.device, pos.dtype), ones
 
     def take(self) -> dict[str, float]:
         """RMS force error against the labels (at QM9's minima: the RMS force) and against the prior (eV/A, plain:

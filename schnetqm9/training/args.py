@@ -125,6 +125,10 @@ def potential_flags(p: argparse._ArgumentGroup, defaults: dict) -> None:
                    "geometry (with --data: to equal the file's forces there; potential/losses.py)")
     p.add_argument("--prior-noise", type=float, default=0.05, help="displacement of the curvature term, A per "
                    "coordinate (Gaussian)")
+    p.add_argument("--prior-noise-min", type=float, default=0.0, metavar="A", help="draw each molecule's "
+                   "displacement scale of the curvature term log-uniformly between A and --prior-noise, its residual "
+                   "weighted by (prior-noise / scale)^2: the small scales fit the curvature at the minimum, which one "
+                   "scale leaves flat (potential/losses.py; 0: one scale, --prior-noise)")
     p.add_argument("--prior-thermal", type=float, default=0.0, metavar="E", help="draw the curvature term's "
                    "displacements along MMFF94's normal modes at the DFT geometry, each with a mean harmonic energy "
                    "E/2 eV (E = k_B T; 0.025: 290 K), so that the soft modes move most, instead of --prior-noise on "
@@ -174,6 +178,10 @@ def check_args(args: argparse.Namespace) -> None:
                             "non-negative and --prior-noise positive")
     elif args.precondition:
         raise UserError("--precondition weights the force terms: give --force-weight or --prior-weight too")
+    if args.prior_noise_min and not (0 < args.prior_noise_min < args.prior_noise and args.prior_weight
+                                     and not args.prior_thermal):
+        raise UserError("--prior-noise-min must lie between 0 and --prior-noise, with --prior-weight and without "
+                        "--prior-thermal (it draws the noise's scale)")
     if args.prior_thermal and not args.prior_weight:
         raise UserError("--prior-thermal draws the curvature term's displacements: give --prior-weight too")
     if args.init_output and not args.init_from:

@@ -109,7 +109,7 @@ class Trainer:
             energy = self.names.index("U0") if args.data is None else 0  # with --data: the first target
             self.potential = potential.PotentialLoss(energy, self.scales[energy], args.force_weight,
                                                      args.prior_weight, args.prior_noise, args.seed,
-                                                     args.precondition, args.prior_thermal)
+                                                     args.precondition, args.prior_thermal, args.prior_noise_min)
         self.force_val_idx = self.val_idx[:self.FORCE_VALIDATION]
         self.objective = Objective(self.columns, self.scale, torch.ones(k, device=device), args.loss, self.potential)
 
