@@ -315,7 +315,7 @@ class Trainer:
         shown = self.names if len(self.names) <= 4 else [n for n in ("gap", "U0", "mu", "cv") if n in self.names]
         maes = " ".join(f"{n} {val[n]['mae']:.4g}" + (f" ({raw[n]['mae']:.4g})" if self.ema else "")
                         + f" {self.units[n]}" for n in shown)
-        print(f"epoch {p.epoch + 1:4d}/{self.args.epochs} | train loss {h['train_loss']:.5f} | val "
+        print(f"epoch {p.epoch + 1:4d}/{self.args.epochs} | train loss {h['train_loss']:.4g} | val "
               + ("" if len(self.names) == 1 else f"score {h['val_score']:.4f} | ") + f"MAE {maes}"
               + ("" if self.ema is None else " (raw weights in brackets)")
               + forces + f" | lr {lr:.2e} | {h['minutes']:.1f} min" + self.time_left(p), flush=True)
