@@ -16,7 +16,7 @@ from schnetqm9.cli import UserError
 from schnetqm9.inference import predictions as predict
 from schnetqm9.model import shipped
 from schnetqm9.potential.calculator import SchNetCalculator, aligned_rmsd, relax
-from schnetqm9.potential.check import thermalise
+from schnetqm9.potential.nve import thermalise
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,9 @@ import numpy as np
 from ase import Atoms
 
 from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data.splits import checked_molecules as sample
 from schnetqm9.potential import losses
 from schnetqm9.potential.calculator import SchNetCalculator
-from schnetqm9.potential.check import sample
 
 FRACTIONS = (0.01, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 

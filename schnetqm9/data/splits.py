@@ -69,3 +69,10 @@ def standard_split() -> dict[str, Tensor]:
     """QM9's standard split, the one every shipped model was trained and tested on: 110,000 / 10,000 / 10,831
     molecules of seed 0."""
     return split_indices(NUM_MOLECULES)
+
+
+def checked_molecules(n: int, seed: int = 0) -> list[int]:
+    """The first n molecules (QM9 indices) of a seeded permutation of the standard test split: the molecules the
+    potential's checks measure, the same for every model."""
+    test = standard_split()["test"]
+    return test[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]].tolist()

@@ -34,11 +34,11 @@ from tqdm.auto import tqdm
 from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
 from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data.splits import checked_molecules
 from schnetqm9.data.targets import TARGETS
 from schnetqm9.model import shipped
 from schnetqm9.potential import losses
 from schnetqm9.potential.calculator import SchNetCalculator
-from schnetqm9.potential.check import sample
 
 WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
 HC = 1.23984198e-4  # eV per cm^-1
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError("--molecules must be positive")
         method = "mmff" if args.mmff else SchNetCalculator(args.checkpoint, args.target,
                                                              repulsion=not args.no_repulsion)
-        rows = measure(method, qm9_data.QM9(args.data_dir), sample(args.molecules, args.seed))
+        rows = measure(method, qm9_data.QM9(args.data_dir), checked_molecules(args.molecules, args.seed))
         summary = summarise(rows)
     except UserError as err:
         sys.exit(f"error: {err}")
