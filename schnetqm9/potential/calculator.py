@@ -98,6 +98,19 @@ class SchNetCalculator(Calculator):
         self.results = dict(energy=e, free_energy=e, forces=-grad.cpu().numpy().astype(np.float64))
 
 
+
+def add_model_flags(p, default: str = shipped.RELAXER) -> None:
+    """The flags that pick the surface a check measures: --checkpoint (default: the shipped model `default`),
+    --target and --no-repulsion; `from_flags` builds the calculator from them."""
+    p.add_argument("--checkpoint", type=Path, default=shipped.path(default), help="an energy checkpoint")
+    p.add_argument("--target", help="its energy output (default: its only output, or U0)")
+    p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
+                   "calculator's ZBL wall (potential/repulsion.py; zero at every QM9 geometry)")
+
+
+def from_flags(args) -> SchNetCalculator:
+    return SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
+
 def aligned_rmsd(reference: np.ndarray, pos: np.ndarray) -> float:
     """RMSD (Angstrom) between two geometries [n, 3] of the same atoms after the best rotation and translation
     (Kabsch, ase.build.minimize_rotation_and_translation)."""

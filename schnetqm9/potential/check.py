@@ -34,7 +34,7 @@ from schnetqm9.data import batch as batching
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.data import splits
 from schnetqm9.data.geometry import closest_pair
-from schnetqm9.model import checkpoint, shipped
+from schnetqm9.model import checkpoint
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.potential import calculator as ase_calculator
 from schnetqm9.potential import nve, surface
@@ -115,20 +115,17 @@ def energy_mae(qm9: qm9_data.QM9, ckpt: dict, output: int, batch_size: int = 512
 
 def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=shipped.path("U0"), help="an energy checkpoint")
-    p.add_argument("--target", help="its energy output (default: its only output, or U0)")
+    ase_calculator.add_model_flags(p, default="U0")
     p.add_argument("--molecules", type=int, default=100, help="QM9 test molecules checked")
     p.add_argument("--noise", type=float, default=0.05, help="displacement before relaxing, A per coordinate")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the displacements and the velocities")
-    p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
-                   "calculator's ZBL wall (potential/repulsion.py)")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/potential_check.json"), help="the JSON written")
     args = p.parse_args(argv)
     try:
         if args.molecules <= 0 or not args.noise > 0:
             raise UserError("--molecules and --noise must be positive")
-        calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
+        calc = ase_calculator.from_flags(args)
         qm9 = qm9_data.QM9(args.data_dir)
         u0_mae, compared = energy_mae(qm9, checkpoint.load(args.checkpoint), calc.output)
         rows = [check_molecule(qm9, i, calc, args.noise, args.seed)

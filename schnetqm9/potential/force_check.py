@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
 from schnetqm9.data.qm9 import ELEMENTS
-from schnetqm9.model import shipped
 from schnetqm9.potential import calculator as ase_calculator
 from schnetqm9.potential import surface
 
@@ -190,10 +189,7 @@ def plot_parity(rows: list[dict], summary: dict, path: Path, title: str, ylabel:
 def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("labels", type=Path, nargs="+", help="extended-XYZ files of labelled frames (energy, forces)")
-    p.add_argument("--checkpoint", type=Path, default=shipped.path(shipped.RELAXER), help="an energy checkpoint")
-    p.add_argument("--target", help="its energy output (default: its only output, or U0)")
-    p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
-                   "calculator's ZBL wall (potential/repulsion.py)")
+    ase_calculator.add_model_flags(p)
     p.add_argument("--compare-labels", type=Path, metavar="FILE", help="instead of a model, another method's labels "
                    "of the same frames (labelling.py run on the labelled file, e.g. with --method gfn2)")
     p.add_argument("--output", type=Path, default=Path("results/force_check.json"), help="the JSON written")
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
             surface_at, name = of_labels(other), str(other[0].info.get("label_name", args.compare_labels.name))
             what, repulsion = f"labels of {args.compare_labels} ({name})", None
         else:
-            calc = ase_calculator.SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
+            calc = ase_calculator.from_flags(args)
             surface_at, name = of_calculator(calc), "SchNet"
             what, repulsion = f"model: {os.path.relpath(args.checkpoint)}", calc.repulsion
         rows = evaluate(frames, surface_at)

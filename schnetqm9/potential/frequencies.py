@@ -36,9 +36,8 @@ from schnetqm9.cli import Parser, UserError
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.data.splits import checked_molecules
 from schnetqm9.data.targets import TARGETS
-from schnetqm9.model import shipped
 from schnetqm9.potential import losses
-from schnetqm9.potential.calculator import SchNetCalculator
+from schnetqm9.potential.calculator import SchNetCalculator, add_model_flags, from_flags
 
 WAVENUMBER = 521.47  # cm^-1 per sqrt(eV / (A^2 u))
 HC = 1.23984198e-4  # eV per cm^-1
@@ -149,11 +148,8 @@ def plot(rows: list[dict], summary: dict, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=shipped.path(shipped.RELAXER), help="an energy checkpoint")
-    p.add_argument("--target", help="its energy output (default: its only output, or U0)")
+    add_model_flags(p)
     p.add_argument("--mmff", action="store_true", help="MMFF94's frequencies instead of a checkpoint's")
-    p.add_argument("--no-repulsion", action="store_true", help="the model's surface alone, without the "
-                   "calculator's ZBL wall (zero at every QM9 geometry)")
     p.add_argument("--molecules", type=int, default=20, help="QM9 test molecules (check.py's sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
@@ -163,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.molecules <= 0:
             raise UserError("--molecules must be positive")
-        method = "mmff" if args.mmff else SchNetCalculator(args.checkpoint, args.target,
-                                                             repulsion=not args.no_repulsion)
+        method = "mmff" if args.mmff else from_flags(args)
         rows = measure(method, qm9_data.QM9(args.data_dir), checked_molecules(args.molecules, args.seed))
         summary = summarise(rows)
     except UserError as err:

@@ -30,7 +30,6 @@ from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
 from schnetqm9.data import qm9 as qm9_data
 from schnetqm9.data.splits import checked_molecules
-from schnetqm9.model import shipped
 
 GOALS = dict(drift_mev=10.0, broken=0)
 BONDED = 1.2  # a bond: closer than this times the covalent sum at the start
@@ -122,11 +121,10 @@ def plot(traj: Trajectory, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from schnetqm9.potential.calculator import SchNetCalculator
+    from schnetqm9.potential.calculator import add_model_flags, from_flags
 
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=shipped.path(shipped.RELAXER), help="an energy checkpoint")
-    p.add_argument("--target", help="its energy output (default: its only output, or U0)")
+    add_model_flags(p)
     p.add_argument("--molecules", type=int, default=20, help="QM9 test molecules (check.py's sample)")
     p.add_argument("--fs", type=float, default=1000.0, help="length of each trajectory (fs)")
     p.add_argument("--dt", type=float, default=0.5, help="time step (fs)")
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if min(args.molecules, args.fs, args.dt, args.temperature) <= 0 or args.dt > args.fs:
             raise UserError("--molecules, --fs, --dt and --temperature must be positive, --dt at most --fs")
-        calc = SchNetCalculator(args.checkpoint, args.target)
+        calc = from_flags(args)
         qm9 = qm9_data.QM9(args.data_dir)
         rows, worst = [], None
         for i in tqdm(checked_molecules(args.molecules, args.seed), desc="NVE", unit="mol"):
