@@ -169,6 +169,7 @@ def test_multiscale_noise_draws_one_scale_per_molecule_and_weights_it_back() -> 
     plain, ones = single.displacement(pos, [], spans, 3, batch)
     assert torch.equal(ones, torch.ones_like(ones)) and float(plain.std()) == pytest.approx(0.05, rel=0.05)
 
+
 @pytest.mark.slow
 def test_a_run_on_a_file_with_forces_validates_and_tests_them(qm9, tmp_path) -> None:
     ase.io.write(tmp_path / "h.extxyz", displaced_frames(qm9, range(60)))
@@ -242,7 +243,6 @@ def test_the_surface_file_keeps_qm9s_split_and_trains_the_labelled_frames_more_o
     assert data.forces[data.ptr[np.flatnonzero(kind == "qm9")[0]]].abs().sum() == 0
 
 
-
 @pytest.mark.slow
 def test_learning_curve_sets_are_nested_and_validate_on_the_same_molecules(qm9) -> None:
     """--molecules N trains on N labelled molecules: a smaller set is part of a larger one, the validation
@@ -258,6 +258,7 @@ def test_learning_curve_sets_are_nested_and_validate_on_the_same_molecules(qm9) 
     assert len(small) == 3 and len(middle) == 10 and small < middle < full
     assert val_small == val_middle == val_full and val_full and not full & val_full
     assert len(full) + len(val_full) == len({f.gdb for f in frames})
+
 
 def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> None:
     """Frames labelled with the shipped potential's own surface, shifted by a per-molecule energy offset and with
@@ -293,7 +294,6 @@ def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> 
         force_check.main([str(tmp_path / "bare.extxyz"), "--output", str(tmp_path / "b.json")])
 
 
-
 def test_force_check_compares_two_methods_labels_of_the_same_frames(tmp_path) -> None:
     """--compare-labels: the other method's forces take the model's place, its energy offset cancels in the
     rises, and a frame it did not label is refused in one line."""
@@ -317,6 +317,7 @@ def test_force_check_compares_two_methods_labels_of_the_same_frames(tmp_path) ->
     with pytest.raises(SystemExit, match="no frame gdb_1:0:t300"):
         force_check.main([str(tmp_path / "first.extxyz"), "--compare-labels", str(tmp_path / "one.extxyz"),
                           "--output", str(tmp_path / "d.json")])
+
 
 @pytest.mark.slow
 def test_potential_check_measures_a_surface_model_against_u0_less_zpve(qm9) -> None:

@@ -86,7 +86,6 @@ def read_smiles(folder: Path | None = None) -> dict[int, str]:
     return out
 
 
-
 def read_frequencies(gdb: set[int], folder: Path | None = None) -> dict[int, np.ndarray]:
     """QM9's own B3LYP/6-31G(2df,p) harmonic wavenumbers (cm^-1, ascending; 3n - 6, or 3n - 5 for a linear
     molecule) of the molecules with these gdb numbers (qm9pack's Harmonic_Freq_cmi column), read on demand."""
@@ -99,6 +98,7 @@ def read_frequencies(gdb: set[int], folder: Path | None = None) -> dict[int, np.
         df = df[df["Index"].isin(gdb)]
         out.update({int(g): np.sort(_floats([f])) for g, f in zip(df["Index"], df["Harmonic_Freq_cmi"])})
     return out
+
 
 def _source_fingerprint(folder: Path) -> str:
     """Identifies the CSV release and this parser: a cache made from anything else is stale."""

@@ -28,6 +28,7 @@ model's extrapolation has there. `repulsion=False` gives the model's surface alo
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,7 @@ class SchNetCalculator(Calculator):
         self.results = dict(energy=e, free_energy=e, forces=-grad.cpu().numpy().astype(np.float64))
 
 
-
-def add_model_flags(p, default: str = shipped.RELAXER) -> None:
+def add_model_flags(p: argparse.ArgumentParser, default: str = shipped.RELAXER) -> None:
     """The flags that pick the surface a check measures: --checkpoint (default: the shipped model `default`),
     --target and --no-repulsion; `from_flags` builds the calculator from them."""
     p.add_argument("--checkpoint", type=Path, default=shipped.path(default), help="an energy checkpoint")
@@ -108,8 +108,10 @@ def add_model_flags(p, default: str = shipped.RELAXER) -> None:
                    "calculator's ZBL wall (potential/repulsion.py; zero at every QM9 geometry)")
 
 
-def from_flags(args) -> SchNetCalculator:
+def from_flags(args: argparse.Namespace) -> SchNetCalculator:
+    """The calculator of `add_model_flags`' flags."""
     return SchNetCalculator(args.checkpoint, args.target, repulsion=not args.no_repulsion)
+
 
 def aligned_rmsd(reference: np.ndarray, pos: np.ndarray) -> float:
     """RMSD (Angstrom) between two geometries [n, 3] of the same atoms after the best rotation and translation
