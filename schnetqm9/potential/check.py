@@ -46,12 +46,6 @@ GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_m
 sample = splits.checked_molecules  # the molecules checked: the same for every model
 
 
-def nve_drift(atoms, calc, fs: float = 100.0, dt_fs: float = 0.5, temperature: float = 300.0,
-              seed: int = 0) -> float:
-    """max_t |E_total(t) - E_total(0)| in eV over an NVE trajectory of `fs` femtoseconds from `atoms`."""
-    return nve.run(atoms, calc, fs, dt_fs, temperature, seed).drift
-
-
 def noisy_start(dft: np.ndarray, i: int, noise: float, seed: int) -> np.ndarray:
     """Molecule i's relaxation start: its DFT positions [n, 3] plus Gaussian noise of `noise` A per coordinate,
     seeded by (seed, i) so that every surface checked starts from the same geometry."""
@@ -67,7 +61,7 @@ def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> 
     pos, steps, converged = ase_calculator.relax(z, noisy_start(dft, i, noise, seed), calc)
     return dict(index=i, atoms=len(z), max_force=max_force, relax_rmsd=ase_calculator.aligned_rmsd(dft, pos),
                 relax_min_distance=closest_pair(pos)[2], relax_steps=steps, relax_converged=converged,
-                md_drift_mev=1000 * nve_drift(atoms, calc, seed=seed + i))
+                md_drift_mev=1000 * nve.run(atoms, calc, fs=100.0, seed=seed + i).drift)
 
 
 def summarise(rows: list[dict], u0_mae: float) -> dict:
