@@ -73,6 +73,7 @@ Surface = Callable[[Atoms], tuple[float, np.ndarray]]  # a frame -> (energy in e
 
 
 def of_calculator(calc: ase_calculator.SchNetCalculator) -> Surface:
+    """A model's surface, through the calculator (float64, with its wall unless it was built without)."""
     def surface_at(atoms: Atoms) -> tuple[float, np.ndarray]:
         atoms = atoms.copy()
         atoms.calc = calc
