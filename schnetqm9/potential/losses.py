@@ -48,7 +48,7 @@ modes instead, each holding a mean harmonic energy E/2 (`thermal_displacement`).
 
 One noise scale sigma trains the forces at |delta| ~ sigma and, with the zero forces at the minimum, nothing in
 between: a model can meet both with a flat-bottomed well, whose curvature at the minimum (its harmonic
-frequencies) is far below MMFF's although its forces at sigma are right (docs/POTENTIAL.md, "Frequencies"). With
+frequencies) is far below MMFF's although its forces at sigma are right (docs/POTENTIAL.md, "The flat bottom"). With
 `train.py --prior-noise-min a` each molecule m draws its own scale log-uniformly, log sigma_m ~ U(log a,
 log sigma), and its residual is weighted by (sigma / sigma_m)^2, so that every scale counts alike: the small ones
 fit the Hessian at the minimum (F* ~ -H_MMFF delta), the large ones the restoring forces farther out.
