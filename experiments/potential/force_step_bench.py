@@ -1,6 +1,6 @@
 """One training step of the default model, batch 32 QM9 molecules: an energy loss alone, and an energy + force loss
 (forces by autograd with create_graph=True, so the step takes second derivatives), each with the fused CPU kernels
-and with the pure-PyTorch path, in 3 alternating rounds of 10 steps (the figure of docs/POTENTIAL.md):
+and with the pure-PyTorch path, in 3 alternating rounds of 10 steps (the figure of docs/POTENTIAL_MMFF.md):
 
     OMP_NUM_THREADS=1 python -m experiments.potential.force_step_bench
 """

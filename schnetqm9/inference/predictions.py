@@ -127,8 +127,8 @@ def relax_all(molecules: list[Molecule], path: str | None, fmax: float,
 def build_parser() -> Parser:
     p = Parser(description=__doc__.split("\n\n")[0] + " Formats: anything ase.io.read reads "
                "(XYZ, extended XYZ, SDF/MOL, PDB, CIF, ...), .smi files and --smiles. With several inputs, one "
-               "that cannot be read, parsed, embedded, relaxed or explained gets one line on stderr, the others are still "
-               "printed, --csv gets a row for it with the reason in its note column, and the exit status is 1.")
+               "that cannot be read, parsed, embedded, relaxed or explained gets one line on stderr, the others are "
+               "still printed, --csv gets a row for it with the reason in its note column, and the exit status is 1.")
     p.add_argument("files", nargs="*", help="structure files (Angstrom; multi-frame files give one row per frame) "
                    "and .smi files (a SMILES per line, optionally a name after it)")
     p.add_argument("--smiles", nargs="+", default=[], metavar="SMILES",
@@ -142,7 +142,7 @@ def build_parser() -> Parser:
     p.add_argument("--relax", action="store_true", help="first relax each structure (BFGS) with the energy and "
                    "forces of the shipped U0 potential (models/schnet_qm9_U0_potential.pth); adds the column "
                    "relax_rmsd (A moved). Its minima are not yet DFT's: how far it moves QM9's own geometries, and "
-                   "what that costs, is in docs/POTENTIAL.md")
+                   "what that costs, is in docs/PREDICTING.md")
     p.add_argument("--relax-checkpoint", help="the energy model --relax uses (default: "
                    "models/schnet_qm9_U0_potential.pth)")
     p.add_argument("--relax-fmax", type=float, default=0.01, help="--relax stops when every force is below this "
@@ -156,13 +156,13 @@ def build_parser() -> Parser:
                    "gradients of the prediction with respect to the atom's input embedding from a zero-embedding "
                    "baseline (steps until they sum to prediction - baseline prediction within 1 %%), the saliency "
                    "|dy/dr_i|, the additive contribution and, with an attention readout, the attention weight "
-                   "(inference/explain.py); printed, drawn as results/explain_<name>.png, and with --csv written one row per "
-                   "atom instead of one per molecule")
+                   "(inference/explain.py); printed, drawn as results/explain_<name>.png, and with --csv written one "
+                   "row per atom instead of one per molecule")
     p.add_argument("--output-dir", type=Path, default=Path("results"), help="where --per-atom and --explain "
                    "pictures go")
     p.add_argument("--precision", choices=list(precision.CHOICES), default="auto",
-                   help="bf16: the linear layers in bfloat16, faster on hardware that has it but less exact (how much, per "
-                   "shipped model: docs/PERFORMANCE.md); auto: fp32")
+                   help="bf16: the linear layers in bfloat16, faster on hardware that has it but less exact (how "
+                   "much, per shipped model: docs/PERFORMANCE.md); auto: fp32")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
     return p

@@ -3,7 +3,7 @@ distance in QM9.
 
 A SchNet trained on QM9 has never seen two atoms closer than QM9's shortest distance of their pair (SHORTEST),
 and its energy there is whatever the filters extrapolate to: relaxations on the shipped U0 model end with atoms
-on top of each other (docs/POTENTIAL.md). Potentials trained on data add a fixed pair repulsion for this
+on top of each other (docs/POTENTIAL_MMFF.md). Potentials trained on data add a fixed pair repulsion for this
 (the ZBL term of NequIP, Allegro and MACE). The Ziegler-Biersack-Littmark universal potential of two nuclei of
 charges Z_i, Z_j at distance r is
 
