@@ -18,7 +18,8 @@ def write_run(folder: Path, suffix: str, val: list[float], raw: list[float], min
     """A history<suffix>.csv (and metrics<suffix>.json when test_mae is given) in train.py's format."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["epoch,val_mae_gap,val_mae_raw_gap,lr,epochs_done,minutes"]
-    lines += [f"{i + 1},{v},{r},0.001,{i + 1}.0,{minutes_per_epoch * (i + 1)}" for i, (v, r) in enumerate(zip(val, raw))]
+    lines += [f"{i + 1},{v},{r},0.001,{i + 1}.0,{minutes_per_epoch * (i + 1)}"
+              for i, (v, r) in enumerate(zip(val, raw))]
     path = folder / f"history{suffix}.csv"
     path.write_text("\n".join(lines) + "\n")
     if test_mae is not None:
@@ -49,10 +50,59 @@ def test_markdown_has_a_row_per_epoch_and_marks_a_shorter_run(tmp_path) -> None:
 def test_the_script_draws_the_figure_and_rejects_bad_runs_in_one_line(tmp_path) -> None:
     a = write_run(tmp_path, "_a", val=[0.5, 0.3], raw=[0.5, 0.3], minutes_per_epoch=1, test_mae=0.3)
     b = write_run(tmp_path, "_b", val=[0.4, 0.2], raw=[0.4, 0.2], minutes_per_epoch=1, test_mae=0.2)
-    ok = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.compare_runs", f"a={a}", f"b={b}", "--plot", str(tmp_path / "c.png")],
+    script = [sys.executable, "-m", "schnetqm9.analysis.compare_runs"]
+    ok = subprocess.run([*script, f"a={a}", f"b={b}", "--plot", str(tmp_path / "c.png")],
                         cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and (tmp_path / "c.png").stat().st_size > 10_000
     for bad, says in (([str(a)], "LABEL=HISTORY"), ([f"a={tmp_path / 'none.csv'}"], "does not exist"),
                       ([f"a={a}", "--target", "U0"], "no target 'U0'")):
-        out = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.compare_runs", *bad], cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run([*script, *bad], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 1 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_state_gives_its_history_and_a_finished_checkpoint_its_end(tmp_path) -> None:
+    from schnetqm9.model import checkpoint
+
+    history = [dict(epoch=e, epochs_done=float(e), minutes=4.0 * e, val_mae_U0=v, val_mae_raw_U0=v + 0.01)
+               for e, v in ((1, 0.09), (2, 0.05), (3, 0.03))]
+    checkpoint.save({"format": checkpoint.CHECKPOINT_FORMAT, "target": "U0", "unit": "eV", "target_index": 7,
+                     "model_config": {"readout": "add"}, "progress": {"running_loss": 0.1, "history": history}},
+                    tmp_path / "last_U0.pth")
+    run = compare_runs.load(f"long={tmp_path / 'last_U0.pth'}")
+    assert run.val_mae == [0.09, 0.05, 0.03] and run.minutes == [4.0, 8.0, 12.0] and run.test_mae is None
+    assert run.unit == "eV"  # from the target's definition, as there is no test yet
+    checkpoint.save({"format": checkpoint.CHECKPOINT_FORMAT, "target": "gap", "unit": "eV", "target_index": 4,
+                     "model_config": {"readout": "mean"}, "epochs_done": 17.6, "minutes": 70.0,
+                     "metrics": {"val_mae": 0.0637, "test_mae": 0.0645}}, tmp_path / "best_model_gap.pth")
+    shipped = compare_runs.load(f"shipped={tmp_path / 'best_model_gap.pth'}")
+    assert (shipped.epochs, shipped.minutes, shipped.val_mae, shipped.test_mae) == ([17.6], [70.0], [0.0637], 0.0645)
+
+
+def test_time_to_accuracy_reaches_the_published_figures_at_the_first_validation_below(tmp_path) -> None:
+    from schnetqm9.analysis import published, time_to_accuracy
+
+    path = write_run(tmp_path, "_a", val=[0.2, 0.07, 0.065, 0.06], raw=[0.2, 0.08, 0.07, 0.062], minutes_per_epoch=5,
+                     test_mae=0.061)
+    row = time_to_accuracy.summary(compare_runs.load(f"gap={path}"))
+    assert published.SCHNETPACK["gap"] == 0.074 and published.PAPER["gap"] == 0.063
+    assert row["reached"]["SchNetPack"] == {"mae": 0.074, "epochs": 2.0, "minutes": 10.0}
+    assert row["reached"]["SchNet paper"] == {"mae": 0.063, "epochs": 4.0, "minutes": 20.0}
+    assert row["best_val_mae"] == 0.06 and row["best_epochs"] == 4.0
+    b = write_run(tmp_path, "_b", [0.2, 0.1], [0.2, 0.1], 5, None)
+    short = time_to_accuracy.summary(compare_runs.load(f"short={b}"))
+    assert short["reached"]["SchNet paper"]["epochs"] is None
+    assert "not reached (≤ 0.063)" in time_to_accuracy.markdown([row, short])
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_script_draws_every_target_and_rejects_a_bad_file_in_one_line(tmp_path) -> None:
+    a = write_run(tmp_path, "_a", val=[0.2, 0.07], raw=[0.2, 0.07], minutes_per_epoch=5, test_mae=0.07)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    script = [sys.executable, "-m", "schnetqm9.analysis.time_to_accuracy"]
+    ok = subprocess.run([*script, f"gap={a}", "--plot", str(tmp_path / "t.png"), "--json", str(tmp_path / "t.json")],
+                        cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0 and (tmp_path / "t.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "t.json").read_text())[0]["reached"]["SchNetPack"]["epochs"] == 2.0
+    bad = subprocess.run([*script, f"x={tmp_path / 'junk.pth'}"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a readable PyTorch checkpoint" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

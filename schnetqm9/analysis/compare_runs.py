@@ -3,11 +3,13 @@
     python -m schnetqm9.analysis.compare_runs fp32=runs/prec/results/history_gap_fp32.csv bf16=runs/prec/results/history_gap_bf16.csv \
         --threshold 0.15 --plot docs/figures/precision_gap.png --markdown
 
-Each RUN is LABEL=HISTORY, a history<suffix>.csv that train.py writes (one row per validated epoch, with the
-cumulative wall-clock `minutes`); its metrics<suffix>.json beside it, when present, gives the test MAE. Validation
-happens at the end of each epoch, so "minutes to reach" is the wall clock of the first epoch whose validated MAE (the
-better of the weight average and the raw weights, the one train.py keeps) is at most the threshold: a bound from
-above, resolved to one epoch. Minutes compare only between runs that ran side by side on one machine.
+Each RUN is LABEL=HISTORY, a history<suffix>.csv that train.py writes (one row per validated epoch, with the cumulative
+wall-clock `minutes`); its metrics<suffix>.json beside it, when present, gives the test MAE. HISTORY may also be a .pth:
+a run's state (last<suffix>.pth, whose history goes as far as the run has) or a finished checkpoint
+(best_model<suffix>.pth, a shipped model: one point, its epochs, minutes and validation MAE, and its test MAE).
+Validation happens at the end of each epoch, so "minutes to reach" is the wall clock of the first epoch whose validated
+MAE (the better of the weight average and the raw weights, the one train.py keeps) is at most the threshold: a bound
+from above, resolved to one epoch. Minutes compare only between runs that ran side by side on one machine.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schnetqm9.cli import Parser, UserError
+from schnetqm9.data import targets
 
 
 @dataclass
@@ -34,15 +37,38 @@ class Run:
     test_mae: float | None
 
 
+def checkpoint_rows(path: Path) -> tuple[list[dict], dict | None]:
+    """A train.py .pth as history rows: a run state's per-epoch history (no test yet), or a finished single-target
+    checkpoint as one row at its end, with {target: {"mae", "unit"}} for its test."""
+    from schnetqm9.model import checkpoint
+
+    state = checkpoint.load(path)
+    progress = checkpoint.progress(state)
+    if progress is not None:
+        return progress["history"], None
+    metrics = state.get("metrics") or {}
+    if "val_mae" not in metrics or "minutes" not in state:
+        raise UserError(f"{path} holds neither a run's history nor a single-target model's minutes and validation MAE")
+    t, v = state["target"], metrics["val_mae"]
+    row = {"epochs_done": state["epochs_done"], "minutes": state["minutes"], f"val_mae_{t}": v, f"val_mae_raw_{t}": v}
+    return [row], {t: {"mae": metrics["test_mae"], "unit": state.get("unit", "")}}
+
+
 def load(spec: str, target: str | None = None) -> Run:
-    """LABEL=path/history<suffix>.csv -> Run (the first target of the history unless `target` is given)."""
+    """LABEL=path -> Run (the first target of the history unless `target` is given); path a history<suffix>.csv or
+    a .pth (checkpoint_rows)."""
     label, sep, name = spec.partition("=")
     if not sep or not label:
         raise UserError(f"{spec!r} is not LABEL=HISTORY: give each run as e.g. bf16=results/history_gap_bf16.csv")
     path = Path(name)
     if not path.is_file():
-        raise UserError(f"{path} does not exist: give the history<suffix>.csv that train.py wrote")
-    rows = list(csv.DictReader(path.open()))
+        raise UserError(f"{path} does not exist: give the history<suffix>.csv or a .pth that train.py wrote")
+    if path.suffix == ".pth":
+        rows, tests = checkpoint_rows(path)
+    else:
+        rows = list(csv.DictReader(path.open()))
+        metrics_path = path.with_name("metrics" + path.stem[len("history"):] + ".json")
+        tests = json.loads(metrics_path.read_text())["test"] if metrics_path.is_file() else None
     names = [c[len("val_mae_"):] for c in (rows[0] if rows else {}) if c.startswith("val_mae_")
              and not c.startswith("val_mae_raw_")]
     if not names:
@@ -50,9 +76,8 @@ def load(spec: str, target: str | None = None) -> Run:
     target = target or names[0]
     if target not in names:
         raise UserError(f"{path} has no target {target!r}; it has {', '.join(names)}")
-    metrics_path = path.with_name("metrics" + path.stem[len("history"):] + ".json")
-    test = json.loads(metrics_path.read_text())["test"][target] if metrics_path.is_file() else None
-    return Run(label=label, target=target, unit=test["unit"] if test else "",
+    test = tests[target] if tests else None
+    return Run(label=label, target=target, unit=test["unit"] if test else targets.TARGETS[target].unit,
                epochs=[float(r["epochs_done"]) for r in rows], minutes=[float(r["minutes"]) for r in rows],
                val_mae=[min(float(r[f"val_mae_{target}"]), float(r[f"val_mae_raw_{target}"])) for r in rows],
                test_mae=test["mae"] if test else None)
