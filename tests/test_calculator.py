@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def calc() -> SchNetCalculator:
-    return SchNetCalculator()  # the shipped U0 model
+    return SchNetCalculator(shipped.path("U0"))  # the U0 model: the tests below check it is its prediction
 
 
 def molecule(qm9, i: int) -> ase.Atoms:
@@ -43,6 +43,12 @@ def test_energy_is_the_shipped_models_u0_prediction(calc: SchNetCalculator, qm9)
         expected = float(model(d.z, d.pos)[0, 0])  # float32, as the model was tested
     assert atoms.get_potential_energy() == pytest.approx(expected, abs=2e-3)
     assert abs(atoms.get_potential_energy() - float(qm9.y[123, 7])) < 0.5  # a trained U0 model, in eV
+
+
+def test_the_default_surface_is_the_shipped_potential_not_the_u0_model() -> None:
+    """SchNetCalculator() is for forces, relaxations and MD: the U0 potential, whose forces at QM9's minima are small
+    (the U0 model's are ~3 eV/A there: a surface with holes)."""
+    assert SchNetCalculator().checkpoint_path == shipped.path("U0_potential") == shipped.path(shipped.POTENTIAL)
 
 
 def test_forces_are_minus_the_finite_difference_gradient(calc: SchNetCalculator, qm9) -> None:
@@ -146,7 +152,7 @@ def test_predict_relax_predicts_at_the_relaxed_geometry(calc: SchNetCalculator, 
     atoms = ase.io.read(tmp_path / "m.xyz")  # the coordinates as the file holds them
     rows = predict.main(["--device", "cpu", "--target", "U0", "--relax", "--relax-fmax", "0.05",
                          str(tmp_path / "m.xyz")])
-    surface = SchNetCalculator(shipped.path(shipped.RELAXER))  # --relax relaxes on the U0 potential, predicts with the U0 model
+    surface = SchNetCalculator(shipped.path(shipped.POTENTIAL))  # --relax relaxes on the U0 potential, predicts with the U0 model
     pos, _, converged = relax(atoms.numbers, atoms.get_positions(), surface, fmax=0.05)
     relaxed = atoms.copy()
     relaxed.set_positions(pos)

@@ -267,7 +267,7 @@ def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> 
     from schnetqm9.model import shipped
     from schnetqm9.potential import calculator, force_check
 
-    calc = calculator.SchNetCalculator(shipped.path(shipped.RELAXER))
+    calc = calculator.SchNetCalculator(shipped.path(shipped.POTENTIAL))
     frames, g = [], np.random.default_rng(0)
     for i, offset in ((0, 5.0), (1, -3.0)):
         d = qm9[i]

@@ -31,7 +31,7 @@ def test_a_harmonic_bond_vibrates_at_sqrt_k_over_the_reduced_mass() -> None:
 
 @pytest.fixture(scope="module")
 def potential() -> SchNetCalculator:
-    return SchNetCalculator(shipped.path(shipped.RELAXER))
+    return SchNetCalculator(shipped.path(shipped.POTENTIAL))
 
 
 def test_the_model_hessian_is_the_derivative_of_its_forces_and_turns_with_the_molecule(potential, qm9) -> None:

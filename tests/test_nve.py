@@ -14,7 +14,7 @@ from schnetqm9.potential.calculator import SchNetCalculator
 
 @pytest.fixture(scope="module")
 def potential() -> SchNetCalculator:
-    return SchNetCalculator(shipped.path(shipped.RELAXER))
+    return SchNetCalculator(shipped.path(shipped.POTENTIAL))
 
 
 def test_nve_keeps_a_smooth_surfaces_energy_and_sees_a_bond_break(potential) -> None:

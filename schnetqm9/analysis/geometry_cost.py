@@ -1,8 +1,8 @@
 """What a SMILES instead of the DFT geometry costs: predictions from RDKit geometries against those from QM9's own.
 
-    python -m schnetqm9.analysis.geometry_cost --molecules 1000              # every shipped target, RDKit geometries as predict.py
-    python -m schnetqm9.analysis.geometry_cost --molecules 1000 --relax      # the same, relaxed first as predict.py --relax does
-    python -m schnetqm9.analysis.geometry_cost --molecules 100 --relax --start dft   # what --relax does to DFT minima themselves
+    python -m schnetqm9.analysis.geometry_cost --molecules 1000           # every target, RDKit geometries
+    python -m schnetqm9.analysis.geometry_cost --molecules 1000 --relax   # the same, relaxed as predict.py --relax
+    python -m schnetqm9.analysis.geometry_cost --molecules 100 --relax --start dft   # --relax on the DFT minima
 
 For the first M of a seeded permutation of the standard test split (molecules no shipped model trained on), each
 molecule's SMILES (qm9pack's column) becomes a structure exactly as `predict.py --smiles` makes it (inference/smiles.py:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/geometry_cost.json"), help="the JSON written")
     args = p.parse_args(argv)
-    relaxer = Path(args.relax_checkpoint or shipped.path(shipped.RELAXER))  # the surface --relax relaxes on
+    relaxer = Path(args.relax_checkpoint or shipped.path(shipped.POTENTIAL))  # the surface --relax relaxes on
     try:
         if args.molecules <= 0:
             raise UserError("--molecules must be positive")

@@ -108,7 +108,7 @@ def relax_all(molecules: list[Molecule], path: str | None, fmax: float,
 
     from schnetqm9.potential import calculator as ase_calculator
 
-    calc = ase_calculator.SchNetCalculator(path or shipped.path(shipped.RELAXER))
+    calc = ase_calculator.SchNetCalculator(path or shipped.path(shipped.POTENTIAL))
     relaxed, failed = [], []
     for m in tqdm(molecules, desc="Relaxing", unit="mol", disable=None if len(molecules) > 1 else True):
         try:

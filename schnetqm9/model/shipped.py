@@ -26,11 +26,11 @@ class Shipped:
 MODELS = {m.name: m for m in [
     Shipped("all", "the twelve standard QM9 properties in one model: predict.py's default", ()),
     Shipped("gap", "the HOMO-LUMO gap alone", ("gap",)),
-    Shipped("U0", "U0 alone: energies at DFT geometries, and SchNetCalculator's default", ("U0",)),
-    Shipped("U0_potential", "U0 as a potential: forces, relaxations (predict.py --relax) and MD", ()),
+    Shipped("U0", "U0 alone: energies at DFT geometries", ("U0",)),
+    Shipped("U0_potential", "U0 as a potential: SchNetCalculator()'s default, for forces, relaxations "
+            "(predict.py --relax) and MD", ()),
 ]}
-RELAXER = "U0_potential"  # the surface predict.py --relax relaxes on
-CALCULATOR = "U0"  # the energy model SchNetCalculator() uses unless told another
+POTENTIAL = "U0_potential"  # SchNetCalculator()'s surface, the one predict.py --relax relaxes on and the checks measure
 
 
 def path(name: str) -> Path:

@@ -5,8 +5,8 @@
     from schnetqm9.potential.calculator import SchNetCalculator
 
     atoms = read("mol.xyz")
-    atoms.calc = SchNetCalculator()          # the shipped U0 model; or SchNetCalculator("checkpoints/x.pth")
-    # for relaxations and MD the shipped U0 potential: SchNetCalculator("models/schnet_qm9_U0_potential.pth")
+    atoms.calc = SchNetCalculator()          # the shipped U0 potential; or SchNetCalculator("checkpoints/x.pth")
+    # the U0 model, for energies at DFT geometries only (its surface has holes): SchNetCalculator("models/schnet_qm9_U0.pth")
     print(atoms.get_potential_energy())      # eV
     BFGS(atoms).run(fmax=0.01)               # forces in eV/Angstrom
 
@@ -62,7 +62,7 @@ class SchNetCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, checkpoint_path: str | Path = shipped.path(shipped.CALCULATOR), target: str | None = None,
+    def __init__(self, checkpoint_path: str | Path = shipped.path(shipped.POTENTIAL), target: str | None = None,
                  device: str | torch.device = "cpu", repulsion: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         path = Path(checkpoint_path)
@@ -99,7 +99,7 @@ class SchNetCalculator(Calculator):
         self.results = dict(energy=e, free_energy=e, forces=-grad.cpu().numpy().astype(np.float64))
 
 
-def add_model_flags(p: argparse.ArgumentParser, default: str = shipped.RELAXER) -> None:
+def add_model_flags(p: argparse.ArgumentParser, default: str = shipped.POTENTIAL) -> None:
     """The flags that pick the surface a check measures: --checkpoint (default: the shipped model `default`),
     --target and --no-repulsion; `from_flags` builds the calculator from them."""
     p.add_argument("--checkpoint", type=Path, default=shipped.path(default), help="an energy checkpoint")
