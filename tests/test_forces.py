@@ -342,3 +342,34 @@ def test_potential_check_measures_a_surface_model_against_u0_less_zpve(qm9) -> N
     assert compared == "U0 - ZPVE" and mae == pytest.approx(float(offset), rel=1e-3)
     with pytest.raises(UserError, match="no QM9 column"):
         check.energy_mae(qm9, {**as_surface, "targets": [{**ckpt["targets"][0], "name": "gap"}]}, 0)
+
+
+def test_relax_energy_measures_how_far_up_a_relaxation_stopped(qm9, tmp_path) -> None:
+    """check.py --relaxed writes each DFT geometry beside its relaxation, named so the labeller resumes by name;
+    on a harmonic surface about the DFT geometry (standing in for B3LYP) the rise is that surface's energy at the
+    relaxed positions, 0 for a relaxation that ended on the minimum, and a molecule with one geometry labelled
+    waits for the other."""
+    from schnetqm9.potential import labelling, relax_energy
+
+    g = np.random.default_rng(0)
+    ends = {i: qm9[i].pos.double().numpy() + (0.0 if i == 5 else g.normal(0, 0.03, (len(qm9[i].z), 3)))
+            for i in (5, 40, 77)}
+    relax_energy.write_pairs(tmp_path / "relaxed.extxyz", qm9, list(ends.items()), "a surface")
+    jobs = list(labelling.read_jobs([str(tmp_path / "relaxed.extxyz")], 0, 0))
+    assert [j.key for j in jobs[:2]] == ["relax:5:minimum", "relax:5:relaxed"] and len(jobs) == 6
+    labelled = []
+    for job in jobs[:-1]:  # the last molecule's relaxed geometry is not labelled yet
+        a, i = job.atoms, int(job.atoms.info["qm9_index"])
+        e = float(bond_energy(qm9[i].z, torch.tensor(a.positions), qm9[i].pos.double()))
+        a.calc = SinglePointCalculator(a, energy=e - 1000.0, forces=np.zeros((len(a), 3)))  # an offset cancels
+        labelled.append(a)
+    ase.io.write(tmp_path / "labelled.extxyz", labelled)
+    rises = relax_energy.energy_rises(ase.io.read(tmp_path / "labelled.extxyz", ":"))
+    expected = float(bond_energy(qm9[40].z, torch.tensor(ends[40]), qm9[40].pos.double()))
+    assert list(rises) == [5, 40] and rises[5] == pytest.approx(0.0, abs=1e-6)
+    assert rises[40] == pytest.approx(expected / relax_energy.KCAL_PER_MOL_IN_EV, rel=1e-6) and rises[40] > 0
+    s = relax_energy.main([str(tmp_path / "labelled.extxyz"), "--output", str(tmp_path / "r.json")])
+    assert s["molecules"] == 2 and s["median_kcal"] == pytest.approx(rises[40] / 2, rel=1e-6)
+    with pytest.raises(SystemExit, match="no molecule with both"):
+        ase.io.write(tmp_path / "one.extxyz", labelled[:1])
+        relax_energy.main([str(tmp_path / "one.extxyz")])

@@ -1,8 +1,9 @@
 """Is an energy model a usable potential? The checks of issue 15 on QM9 test molecules, measured the same way for
 every model:
 
-    python -m schnetqm9.potential.check                                   # the shipped U0 model
+    python -m schnetqm9.potential.check                                   # the shipped U0 potential
     python -m schnetqm9.potential.check --checkpoint checkpoints/best_model_U0.pth --molecules 100
+    python -m schnetqm9.potential.check --molecules 20 --relaxed results/relaxed.extxyz   # for relax_energy.py
 
 QM9's geometries are DFT minima, so on a good potential:
     forces    the largest atomic force at the DFT geometry is ~0 (goal: median <= 0.1 eV/A);
@@ -15,7 +16,8 @@ QM9's geometries are DFT minima, so on a good potential:
               MAE against QM9's U0 - ZPVE (as an atomization energy), the same surface less the zero-point
               energy.
 The molecules are the first M of a seeded permutation of the standard test split. Prints one table and writes the
-per-molecule numbers and their summary to --output (JSON).
+per-molecule numbers and their summary to --output (JSON); --relaxed also writes each molecule's DFT geometry and
+where the relaxation ended, as extended XYZ for the labeller (potential/relax_energy.py: their B3LYP energies).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from schnetqm9.data.geometry import closest_pair
 from schnetqm9.model import checkpoint
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.potential import calculator as ase_calculator
-from schnetqm9.potential import nve, surface
+from schnetqm9.potential import nve, relax_energy, surface
 from schnetqm9.seeds import draw_seed
 
 GOALS = dict(max_force_median=0.1, relax_rmsd=0.05, min_distance=0.9, md_drift_mev=10.0, u0_mae=0.025)
@@ -52,7 +54,8 @@ def noisy_start(dft: np.ndarray, i: int, noise: float, seed: int) -> np.ndarray:
     return dft + np.random.default_rng(draw_seed(seed, i)).normal(scale=noise, size=dft.shape)
 
 
-def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> dict:
+def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> tuple[dict, np.ndarray]:
+    """Molecule i's checks, and where its relaxation ended [n, 3] (A)."""
     d = qm9[i]
     z, dft = d.z.numpy(), d.pos.double().numpy()
     atoms = Atoms(numbers=z, positions=dft)
@@ -61,7 +64,7 @@ def check_molecule(qm9: qm9_data.QM9, i: int, calc, noise: float, seed: int) -> 
     pos, steps, converged = ase_calculator.relax(z, noisy_start(dft, i, noise, seed), calc)
     return dict(index=i, atoms=len(z), max_force=max_force, relax_rmsd=ase_calculator.aligned_rmsd(dft, pos),
                 relax_min_distance=closest_pair(pos)[2], relax_steps=steps, relax_converged=converged,
-                md_drift_mev=1000 * nve.run(atoms, calc, fs=100.0, seed=seed + i).drift)
+                md_drift_mev=1000 * nve.run(atoms, calc, fs=100.0, seed=seed + i).drift), pos
 
 
 def summarise(rows: list[dict], u0_mae: float) -> dict:
@@ -109,12 +112,14 @@ def energy_mae(qm9: qm9_data.QM9, ckpt: dict, output: int, batch_size: int = 512
 
 def main(argv: list[str] | None = None) -> dict:
     p = Parser(description=__doc__.split("\n\n")[0])
-    ase_calculator.add_model_flags(p, default="U0")
+    ase_calculator.add_model_flags(p)
     p.add_argument("--molecules", type=int, default=100, help="QM9 test molecules checked")
     p.add_argument("--noise", type=float, default=0.05, help="displacement before relaxing, A per coordinate")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the displacements and the velocities")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=Path("results/potential_check.json"), help="the JSON written")
+    p.add_argument("--relaxed", type=Path, help="also write each molecule's DFT geometry and its relaxed one here "
+                   "(extended XYZ), for the labeller and potential/relax_energy.py")
     args = p.parse_args(argv)
     try:
         if args.molecules <= 0 or not args.noise > 0:
@@ -122,10 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
         calc = ase_calculator.from_flags(args)
         qm9 = qm9_data.QM9(args.data_dir)
         u0_mae, compared = energy_mae(qm9, checkpoint.load(args.checkpoint), calc.output)
-        rows = [check_molecule(qm9, i, calc, args.noise, args.seed)
-                for i in tqdm(sample(args.molecules, args.seed), desc="Checking", unit="mol")]
+        checked = [(i, *check_molecule(qm9, i, calc, args.noise, args.seed))
+                   for i in tqdm(sample(args.molecules, args.seed), desc="Checking", unit="mol")]
     except UserError as err:
         sys.exit(f"error: {err}")
+    rows = [row for _, row, _ in checked]
+    if args.relaxed:
+        ends = [(i, pos) for i, _, pos in checked]
+        relax_energy.write_pairs(args.relaxed, qm9, ends, os.path.relpath(args.checkpoint))
+        print(f"wrote {args.relaxed}: {len(checked)} DFT geometries and their relaxations")
     summary = {**summarise(rows, u0_mae), "energy_compared_with": compared, "repulsion": calc.repulsion}
     print_summary(summary, args.checkpoint)
     args.output.parent.mkdir(parents=True, exist_ok=True)
