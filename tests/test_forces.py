@@ -356,19 +356,25 @@ def test_relax_energy_measures_how_far_up_a_relaxation_stopped(qm9, tmp_path) ->
             for i in (5, 40, 77)}
     relax_energy.write_pairs(tmp_path / "relaxed.extxyz", qm9, list(ends.items()), "a surface")
     jobs = list(labelling.read_jobs([str(tmp_path / "relaxed.extxyz")], 0, 0))
-    assert [j.key for j in jobs[:2]] == ["relax:5:minimum", "relax:5:relaxed"] and len(jobs) == 6
+    assert [j.key for j in jobs[:2]] == ["relax:5:minimum", "relax:5:relaxed:a surface"] and len(jobs) == 6
     labelled = []
     for job in jobs[:-1]:  # the last molecule's relaxed geometry is not labelled yet
         a, i = job.atoms, int(job.atoms.info["qm9_index"])
         e = float(bond_energy(qm9[i].z, torch.tensor(a.positions), qm9[i].pos.double()))
         a.calc = SinglePointCalculator(a, energy=e - 1000.0, forces=np.zeros((len(a), 3)))  # an offset cancels
         labelled.append(a)
-    ase.io.write(tmp_path / "labelled.extxyz", labelled)
-    rises = relax_energy.energy_rises(ase.io.read(tmp_path / "labelled.extxyz", ":"))
+    other = labelled[2].copy()  # molecule 40's relaxation on a second surface, ending on the minimum
+    other.info.update(name="relax:40:relaxed:b", geometry="relaxed", relaxed_on="b")
+    other.positions = qm9[40].pos.double().numpy()
+    other.calc = SinglePointCalculator(other, energy=-1000.0, forces=np.zeros((len(other), 3)))
+    ase.io.write(tmp_path / "labelled.extxyz", labelled + [other])
+    both = relax_energy.energy_rises(ase.io.read(tmp_path / "labelled.extxyz", ":"))
+    assert both["b"] == {40: pytest.approx(0.0, abs=1e-6)}  # the minimum's label is shared between surfaces
+    rises = both["a surface"]
     expected = float(bond_energy(qm9[40].z, torch.tensor(ends[40]), qm9[40].pos.double()))
     assert list(rises) == [5, 40] and rises[5] == pytest.approx(0.0, abs=1e-6)
     assert rises[40] == pytest.approx(expected / relax_energy.KCAL_PER_MOL_IN_EV, rel=1e-6) and rises[40] > 0
-    s = relax_energy.main([str(tmp_path / "labelled.extxyz"), "--output", str(tmp_path / "r.json")])
+    s = relax_energy.main([str(tmp_path / "labelled.extxyz"), "--output", str(tmp_path / "r.json")])["a surface"]
     assert s["molecules"] == 2 and s["median_kcal"] == pytest.approx(rises[40] / 2, rel=1e-6)
     with pytest.raises(SystemExit, match="no molecule with both"):
         ase.io.write(tmp_path / "one.extxyz", labelled[:1])
