@@ -76,6 +76,13 @@ def test_a_run_state_gives_its_history_and_a_finished_checkpoint_its_end(tmp_pat
                      "metrics": {"val_mae": 0.0637, "test_mae": 0.0645}}, tmp_path / "best_model_gap.pth")
     shipped = compare_runs.load(f"shipped={tmp_path / 'best_model_gap.pth'}")
     assert (shipped.epochs, shipped.minutes, shipped.val_mae, shipped.test_mae) == ([17.6], [70.0], [0.0637], 0.0645)
+    checkpoint.save({"format": checkpoint.CHECKPOINT_FORMAT, "targets": [{"name": "homo"}, {"name": "lumo"}],
+                     "epochs_done": 7.3, "minutes": 150.0,
+                     "metrics": {"val": {"homo": {"mae": 0.13}, "lumo": {"mae": 0.146}},
+                                 "test": {"homo": {"mae": 0.14, "unit": "eV"}, "lumo": {"mae": 0.147, "unit": "eV"}}}},
+                    tmp_path / "best_model_all.pth")
+    lumo = compare_runs.load(f"all={tmp_path / 'best_model_all.pth'}", "lumo")
+    assert (lumo.val_mae, lumo.test_mae, lumo.unit) == ([0.146], 0.147, "eV")
 
 
 def test_time_to_accuracy_reaches_the_published_figures_at_the_first_validation_below(tmp_path) -> None:

@@ -1,6 +1,7 @@
 """Training runs side by side: validation MAE per epoch, the minutes to reach a validation MAE, and test MAE.
 
-    python -m schnetqm9.analysis.compare_runs fp32=runs/prec/results/history_gap_fp32.csv bf16=runs/prec/results/history_gap_bf16.csv \
+    python -m schnetqm9.analysis.compare_runs fp32=runs/prec/results/history_gap_fp32.csv \
+        bf16=runs/prec/results/history_gap_bf16.csv \
         --threshold 0.15 --plot docs/figures/precision_gap.png --markdown
 
 Each RUN is LABEL=HISTORY, a history<suffix>.csv that train.py writes (one row per validated epoch, with the cumulative
@@ -38,8 +39,9 @@ class Run:
 
 
 def checkpoint_rows(path: Path) -> tuple[list[dict], dict | None]:
-    """A train.py .pth as history rows: a run state's per-epoch history (no test yet), or a finished single-target
-    checkpoint as one row at its end, with {target: {"mae", "unit"}} for its test."""
+    """A train.py .pth as history rows: a run state's per-epoch history (no test yet), or a finished checkpoint as
+    one row at its end, with {target: {"mae", "unit"}} for its test (single-target files keep their metrics flat,
+    multi-target ones per target)."""
     from schnetqm9.model import checkpoint
 
     state = checkpoint.load(path)
@@ -47,11 +49,18 @@ def checkpoint_rows(path: Path) -> tuple[list[dict], dict | None]:
     if progress is not None:
         return progress["history"], None
     metrics = state.get("metrics") or {}
-    if "val_mae" not in metrics or "minutes" not in state:
-        raise UserError(f"{path} holds neither a run's history nor a single-target model's minutes and validation MAE")
-    t, v = state["target"], metrics["val_mae"]
-    row = {"epochs_done": state["epochs_done"], "minutes": state["minutes"], f"val_mae_{t}": v, f"val_mae_raw_{t}": v}
-    return [row], {t: {"mae": metrics["test_mae"], "unit": state.get("unit", "")}}
+    if "minutes" not in state or not ("val_mae" in metrics or "val" in metrics):
+        raise UserError(f"{path} holds neither a run's history nor a model's minutes and validation MAE")
+    if "val_mae" in metrics:
+        val = {state["target"]: metrics["val_mae"]}
+        test = {state["target"]: {"mae": metrics["test_mae"], "unit": state.get("unit", "")}}
+    else:
+        val = {t: m["mae"] for t, m in metrics["val"].items()}
+        test = {t: {"mae": m["mae"], "unit": m.get("unit", "")} for t, m in metrics["test"].items()}
+    row = {"epochs_done": state["epochs_done"], "minutes": state["minutes"]}
+    for t, v in val.items():
+        row.update({f"val_mae_{t}": v, f"val_mae_raw_{t}": v})
+    return [row], test
 
 
 def load(spec: str, target: str | None = None) -> Run:
