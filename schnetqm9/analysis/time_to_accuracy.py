@@ -80,6 +80,7 @@ def plot(runs: list[Run], path: Path) -> None:
             for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter,
                                   ax.xaxis.set_major_formatter):
                 set_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(plots.quantity(f"{target} validation MAE", group[0].unit))
             ax.grid(alpha=0.3, which="both")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 35's time-to-accuracy figure and table: every run of a shipped target with its curve on this machine.
+# The label of each says its precision and cores (nothing in a history says on what it ran).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python -m schnetqm9.analysis.time_to_accuracy \
+    "U0 shipped: 95 min budget (fp32, 1 core)=models/schnet_qm9_U0.pth" \
+    "U0 120-epoch cosine, in progress (bf16, 1 core)=resume/U0/last_U0.pth" \
+    "U0 5 epochs (fp32, 1 core)=experiments/precision/history_U0_fp32.csv" \
+    "U0 5 epochs (bf16, 1 core)=experiments/precision/history_U0_bf16.csv" \
+    "U0 of the all-target model (fp32)=models/schnet_qm9_all.pth@U0" \
+    "gap shipped: 70 min budget (fp32, 1 core)=models/schnet_qm9_gap.pth" \
+    "gap 5 epochs (fp32, 1 core)=experiments/precision/history_gap_fp32.csv" \
+    "gap 5 epochs (bf16, 1 core)=experiments/precision/history_gap_bf16.csv" \
+    "gap of the all-target model (fp32)=models/schnet_qm9_all.pth@gap" \
+    "HOMO 60 min budget (fp32, 1 core)=experiments/attention/history_homo_mean.csv" \
+    "HOMO of the all-target model (fp32)=models/schnet_qm9_all.pth@homo" \
+    "LUMO 10 epochs (fp32, 1 core)=experiments/attention/history_lumo10_mean.csv" \
+    "LUMO of the all-target model (fp32)=models/schnet_qm9_all.pth@lumo" \
+    --plot docs/figures/time_to_accuracy.png --json experiments/time_to_accuracy/time_to_accuracy.json "$@"
