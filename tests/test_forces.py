@@ -376,6 +376,10 @@ def test_relax_energy_measures_how_far_up_a_relaxation_stopped(qm9, tmp_path) ->
     assert rises[40] == pytest.approx(expected / relax_energy.KCAL_PER_MOL_IN_EV, rel=1e-6) and rises[40] > 0
     s = relax_energy.main([str(tmp_path / "labelled.extxyz"), "--output", str(tmp_path / "r.json")])["a surface"]
     assert s["molecules"] == 2 and s["median_kcal"] == pytest.approx(rises[40] / 2, rel=1e-6)
+    (tmp_path / "m.pth").write_bytes(b"one model")
+    first = relax_energy.surface_name(tmp_path / "m.pth")
+    (tmp_path / "m.pth").write_bytes(b"another model, shipped at the same path")
+    assert relax_energy.surface_name(tmp_path / "m.pth") != first  # not mistaken for the labelled one
     with pytest.raises(SystemExit, match="no molecule with both"):
         ase.io.write(tmp_path / "one.extxyz", labelled[:1])
         relax_energy.main([str(tmp_path / "one.extxyz")])

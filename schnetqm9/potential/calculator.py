@@ -6,7 +6,8 @@
 
     atoms = read("mol.xyz")
     atoms.calc = SchNetCalculator()          # the shipped U0 potential; or SchNetCalculator("checkpoints/x.pth")
-    # the U0 model, for energies at DFT geometries only (its surface has holes): SchNetCalculator("models/schnet_qm9_U0.pth")
+    # the U0 model is for energies at DFT geometries only (its surface has holes):
+    # SchNetCalculator("models/schnet_qm9_U0.pth")
     print(atoms.get_potential_energy())      # eV
     BFGS(atoms).run(fmax=0.01)               # forces in eV/Angstrom
 

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [row for _, row, _ in checked]
     if args.relaxed:
         ends = [(i, pos) for i, _, pos in checked]
-        relax_energy.write_pairs(args.relaxed, qm9, ends, os.path.relpath(args.checkpoint))
+        relax_energy.write_pairs(args.relaxed, qm9, ends, relax_energy.surface_name(args.checkpoint))
         print(f"wrote {args.relaxed}: {len(checked)} DFT geometries and their relaxations")
     summary = {**summarise(rows, u0_mae), "energy_compared_with": compared, "repulsion": calc.repulsion}
     print_summary(summary, args.checkpoint)

@@ -6,8 +6,9 @@ against that of the QM9 minimum it started near (issue 34's goal: within 1 kcal/
     python -m schnetqm9.potential.relax_energy results/relaxed.extxyz.gz
 
 Several surfaces share one labelled file: the minimum's frame is named by the molecule alone, so the labeller
-computes it once, and each relaxed frame by the molecule and the surface it was relaxed on (check.py's
---checkpoint), so a second surface's --relaxed file, labelled into the same output, costs only its relaxations.
+computes it once, and each relaxed frame by the molecule and the surface it was relaxed on (check.py's --checkpoint,
+with a digest of the file: surface_name), so a second surface's --relaxed file, labelled into the same output, costs
+only its relaxations.
 
 check.py relaxes each molecule (BFGS on the potential) from its DFT geometry displaced by 0.05 A of noise; the
 labeller computes B3LYP/6-31G(2df,p) at the DFT geometry x_m* and where the relaxation ended x_m; here, per molecule
@@ -22,7 +23,9 @@ cancels.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +38,13 @@ from schnetqm9.data import qm9 as qm9_data
 
 KCAL_PER_MOL_IN_EV = 0.0433641  # 1 kcal/mol (4.184 kJ/mol over N_A) in eV
 GOAL_KCAL = 1.0
+
+
+def surface_name(path: Path) -> str:
+    """A checkpoint's name in the labels: its path and the first 10 hex digits of its SHA-256, so that a file
+    replaced at the same path (a new model shipped) is a new surface to the labeller, not one already labelled."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:10]
+    return f"{os.path.relpath(path)}@{digest}"
 
 
 def write_pairs(path: Path, qm9: qm9_data.QM9, relaxed: list[tuple[int, np.ndarray]], surface: str) -> None:
