@@ -383,3 +383,25 @@ def test_relax_energy_measures_how_far_up_a_relaxation_stopped(qm9, tmp_path) ->
     with pytest.raises(SystemExit, match="no molecule with both"):
         ase.io.write(tmp_path / "one.extxyz", labelled[:1])
         relax_energy.main([str(tmp_path / "one.extxyz")])
+
+
+@pytest.mark.slow
+def test_ship_records_a_surface_models_figure_at_qm9s_test_minima(qm9, tiny_checkpoint, tmp_path) -> None:
+    """potential/ship.py: a surface model's file gains its MAE against U0 - ZPVE at the 10,831 standard test minima
+    (the figure check.py measures), its data path relative to the repository; a QM9 model is refused."""
+    from schnetqm9.model import checkpoint
+    from schnetqm9.potential import check, ship
+
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["targets"] = [{**raw["targets"][0], "name": surface.KEY}] if "targets" in raw else [
+        dict(name=surface.KEY, unit="eV", column=0, output=raw["model_config"]["readout"])]
+    raw["data"] = str(REPO / "data" / "arms" / "surface.extxyz")
+    checkpoint.save(raw, tmp_path / "best_model_surface.pth")
+    entry = ship.ship(tmp_path / "best_model_surface.pth", tmp_path / "shipped.pth", qm9)
+    mae, compared = check.energy_mae(qm9, checkpoint.load(tmp_path / "best_model_surface.pth"), 0)
+    assert entry == {"mae": mae, "compared_with": "U0 - ZPVE", "molecules": 10_831} and compared == "U0 - ZPVE"
+    shipped_file = torch.load(tmp_path / "shipped.pth", weights_only=True)
+    assert shipped_file["metrics"]["qm9_minima"] == entry and shipped_file["data"] == "data/arms/surface.extxyz"
+    with pytest.raises(SystemExit, match="not a finished surface model"):
+        ship.main([str(tiny_checkpoint), str(tmp_path / "no.pth")])
+    assert not (tmp_path / "no.pth").exists()
