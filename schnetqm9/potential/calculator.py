@@ -8,7 +8,7 @@
     atoms.calc = SchNetCalculator()          # the shipped U0 potential; or SchNetCalculator("checkpoints/x.pth")
     # the U0 model is for energies at DFT geometries only (its surface has holes):
     # SchNetCalculator("models/schnet_qm9_U0.pth")
-    print(atoms.get_potential_energy())      # eV
+    print(atoms.get_potential_energy())      # eV; the potential's is relative to the free atoms, the U0 model's total
     BFGS(atoms).run(fmax=0.01)               # forces in eV/Angstrom
 
 The forces are the exact negative gradient of the reported energy, by automatic differentiation:
