@@ -25,6 +25,13 @@ from pathlib import Path
 from schnetqm9.analysis import published
 from schnetqm9.analysis.compare_runs import Run, load, minutes_to_reach
 from schnetqm9.cli import Parser, UserError
+from schnetqm9.data import targets
+
+
+def load_run(spec: str) -> Run:
+    """LABEL=PATH[@TARGET] -> Run; an @ followed by anything but a target name belongs to the path."""
+    head, at, target = spec.rpartition("@")
+    return load(head, target) if at and target in targets.TARGETS else load(spec)
 
 
 def summary(run: Run) -> dict:
@@ -100,7 +107,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write each run's summary here")
     args = p.parse_args()
     try:
-        runs = [load(*spec.rpartition("@")[::2]) if "@" in spec else load(spec) for spec in args.runs]
+        runs = [load_run(spec) for spec in args.runs]
     except UserError as err:
         sys.exit(f"error: {err}")
     rows = [summary(r) for r in runs]

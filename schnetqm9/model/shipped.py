@@ -27,8 +27,8 @@ MODELS = {m.name: m for m in [
     Shipped("all", "the twelve standard QM9 properties in one model: predict.py's default", ()),
     Shipped("gap", "the HOMO-LUMO gap alone", ("gap",)),
     Shipped("U0", "U0 alone: energies at DFT geometries", ("U0",)),
-    Shipped("U0_potential", "U0 as a potential: SchNetCalculator()'s default, for forces, relaxations "
-            "(predict.py --relax) and MD", ()),
+    Shipped("U0_potential", "the potential (QM9's electronic surface, U0 - ZPVE): SchNetCalculator()'s default, "
+            "for forces, relaxations (predict.py --relax) and MD", ()),
 ]}
 POTENTIAL = "U0_potential"  # SchNetCalculator()'s surface, the one predict.py --relax relaxes on and the checks measure
 

@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
         calc = ase_calculator.from_flags(args)
         qm9 = qm9_data.QM9(args.data_dir)
         u0_mae, compared = energy_mae(qm9, checkpoint.load(args.checkpoint), calc.output)
-        checked = [(i, *check_molecule(qm9, i, calc, args.noise, args.seed))
+        checked = [check_molecule(qm9, i, calc, args.noise, args.seed)
                    for i in tqdm(sample(args.molecules, args.seed), desc="Checking", unit="mol")]
     except UserError as err:
         sys.exit(f"error: {err}")
-    rows = [row for _, row, _ in checked]
+    rows = [row for row, _ in checked]
     if args.relaxed:
-        ends = [(i, pos) for i, _, pos in checked]
+        ends = [(row["index"], pos) for row, pos in checked]
         relax_energy.write_pairs(args.relaxed, qm9, ends, relax_energy.surface_name(args.checkpoint))
         print(f"wrote {args.relaxed}: {len(checked)} DFT geometries and their relaxations")
     summary = {**summarise(rows, u0_mae), "energy_compared_with": compared, "repulsion": calc.repulsion}
