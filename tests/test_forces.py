@@ -373,7 +373,7 @@ def test_relax_energy_measures_how_far_up_a_relaxation_stopped(qm9, tmp_path) ->
     rises = both["a surface"]
     expected = float(bond_energy(qm9[40].z, torch.tensor(ends[40]), qm9[40].pos.double()))
     assert list(rises) == [5, 40] and rises[5] == pytest.approx(0.0, abs=1e-6)
-    assert rises[40] == pytest.approx(expected / relax_energy.KCAL_PER_MOL_IN_EV, rel=1e-6) and rises[40] > 0
+    assert rises[40] == pytest.approx(expected / relax_energy.KCAL_PER_MOL_TO_EV, rel=1e-6) and rises[40] > 0
     s = relax_energy.main([str(tmp_path / "labelled.extxyz"), "--output", str(tmp_path / "r.json")])["a surface"]
     assert s["molecules"] == 2 and s["median_kcal"] == pytest.approx(rises[40] / 2, rel=1e-6)
     (tmp_path / "m.pth").write_bytes(b"one model")

@@ -33,7 +33,7 @@ def test_mmff_forces_are_minus_the_gradient_of_mmff_energy(qm9) -> None:
         conf = mol.GetConformer()
         for a, row in enumerate(x.reshape(-1, 3).tolist()):
             conf.SetAtomPosition(a, Point3D(*row))
-        return AllChem.MMFFGetMoleculeForceField(mol, props).CalcEnergy() * potential.KCAL_TO_EV
+        return AllChem.MMFFGetMoleculeForceField(mol, props).CalcEnergy() * potential.KCAL_PER_MOL_TO_EV
 
     forces = potential.mmff_forces(typed, moved)
     again = potential.mmff_forces(typed, pos)  # another geometry in between: no state carried over

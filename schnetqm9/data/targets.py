@@ -25,6 +25,7 @@ from ase.data import atomic_masses
 from torch import Tensor
 
 HARTREE_TO_EV = 27.211386246
+KCAL_PER_MOL_TO_EV = 0.0433641  # 1 kcal/mol (4.184 kJ/mol over N_A) in eV: MMFF's unit, chemists' yardstick
 OUTPUTS = ("add", "mean", "attention", "dipole", "spatial_extent")
 MASSES = torch.tensor(atomic_masses[:100], dtype=torch.float32)  # [100] by atomic number, in u (ASE's table)
 

@@ -61,9 +61,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from schnetqm9.data.targets import KCAL_PER_MOL_TO_EV
 from schnetqm9.seeds import draw_seed
 
-KCAL_TO_EV = 0.0433641  # eV per kcal/mol, MMFF's energy unit
 SOFTEST = 0.1  # eV/A^2, lambda_0: the smallest curvature the preconditioner divides by (at most k / 0.1 times)
 
 
@@ -106,7 +106,7 @@ def mmff_forces(typed, pos: np.ndarray) -> np.ndarray:
     for a, (x, y, w) in enumerate(pos.tolist()):
         conf.SetAtomPosition(a, Point3D(x, y, w))
     ff = AllChem.MMFFGetMoleculeForceField(mol, props)
-    return -np.array(ff.CalcGrad()).reshape(-1, 3) * KCAL_TO_EV
+    return -np.array(ff.CalcGrad()).reshape(-1, 3) * KCAL_PER_MOL_TO_EV
 
 
 def mmff_restoring_forces(z: np.ndarray, pos: np.ndarray, displaced: np.ndarray) -> np.ndarray | None:
@@ -143,7 +143,7 @@ def mmff_hessian(typed, pos: np.ndarray, h: float = 1e-3) -> np.ndarray:
         return np.array(ff.CalcGrad(y.tolist()))
 
     step = h * np.eye(x.size)
-    rows = np.array([gradient(x + e) - gradient(x - e) for e in step]) * KCAL_TO_EV / (2 * h)
+    rows = np.array([gradient(x + e) - gradient(x - e) for e in step]) * KCAL_PER_MOL_TO_EV / (2 * h)
     return 0.5 * (rows + rows.T)
 
 

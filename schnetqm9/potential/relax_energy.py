@@ -35,8 +35,8 @@ from ase import Atoms
 from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
 from schnetqm9.data import qm9 as qm9_data
+from schnetqm9.data.targets import KCAL_PER_MOL_TO_EV
 
-KCAL_PER_MOL_IN_EV = 0.0433641  # 1 kcal/mol (4.184 kJ/mol over N_A) in eV
 GOAL_KCAL = 1.0
 
 
@@ -79,7 +79,7 @@ def energy_rises(frames: list[Atoms]) -> dict[str, dict[int, float]]:
             minima[i] = e
         else:
             relaxed.setdefault(str(a.info["relaxed_on"]), {})[i] = e
-    return {s: {i: (e - minima[i]) / KCAL_PER_MOL_IN_EV for i, e in sorted(ends.items()) if i in minima}
+    return {s: {i: (e - minima[i]) / KCAL_PER_MOL_TO_EV for i, e in sorted(ends.items()) if i in minima}
             for s, ends in relaxed.items()}
 
 
