@@ -269,13 +269,13 @@ def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> 
 
     calc = calculator.SchNetCalculator(shipped.path(shipped.POTENTIAL))
     frames, g = [], np.random.default_rng(0)
-    for i, offset in ((0, 5.0), (1, -3.0)):
+    for i, offset in ((0, 5.0), (3, -3.0)):  # methane and acetylene: one and two heavy atoms
         d = qm9[i]
         for kind, noise in (("minimum", 0.0), ("n0.05", 0.05)):
             atoms = ase.Atoms(numbers=d.z.numpy(), positions=d.pos.double().numpy() + g.normal(0, noise, (len(d.z), 3)))
             atoms.calc = calc
             energy, forces = atoms.get_potential_energy() + offset, atoms.get_forces()
-            if i == 1 and kind == "n0.05":
+            if i == 3 and kind == "n0.05":
                 forces = forces + 0.2  # every component off by 0.2 eV/A
             atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
             atoms.info.update(gdb=i + 1, kind=kind)
@@ -286,6 +286,8 @@ def test_force_check_measures_the_error_the_labels_were_given(qm9, tmp_path) -> 
     atoms_off, atoms_all = len(frames[3]), sum(len(f) for f in frames)
     assert s["force_mae"] == pytest.approx(0.2 * atoms_off / atoms_all, abs=1e-6)
     assert s["force_by_kind"]["minimum"]["force_mae"] < 1e-6
+    assert s["force_by_heavy_atoms"][1]["force_mae"] < 1e-6
+    assert s["force_by_heavy_atoms"][2]["force_mae"] == pytest.approx(0.2 / 2, abs=1e-6)  # one of its two frames
     assert s["rise_frames"] == 2 and s["rise_mae_mev"] < 1e-3
     assert (tmp_path / "parity.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no energy or no forces"):

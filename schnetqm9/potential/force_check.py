@@ -8,8 +8,8 @@ frames (labels/, potential/labelling.py): the held-out measurement of a potentia
 For every labelled frame x of a molecule, with the label's energy E*(x) and forces F*(x) [n, 3]:
 
     forces    the model's F(x) = -dE/dx against F*(x), per Cartesian component of every atom: MAE (goal
-              <= 0.05 eV/A) and RMSE over all frames, per element and per kind of frame (minimum, t300, n0.05, ...),
-              and per frame the cosine between the two force vectors [3n];
+              <= 0.05 eV/A) and RMSE over all frames, per element, per kind of frame (minimum, t300, n0.05, ...)
+              and per molecule size (heavy atoms), and per frame the cosine between the two force vectors [3n];
     energies  the rise from the molecule's labelled minimum, dE(x) = E(x) - E(x_min), against the label's
               dE*(x) = E*(x) - E*(x_min): absolute energies are not compared, because the labelling method's differ
               from QM9's by a per-molecule offset (labels/README.md) and an energy model's output may be U0 (with
@@ -128,13 +128,17 @@ def summarise(rows: list[dict]) -> dict:
     err = np.concatenate(per_frame)  # [atoms, 3]
     z = np.concatenate([r["z"] for r in rows])
     by_element = {SYMBOLS.get(int(e), str(e)): float(err[z == e].mean()) for e in np.unique(z)}
-    kinds = defaultdict(list)
-    for r, e in zip(rows, per_frame):
-        kinds[r["kind"]].append(e)
-    by_kind = {k: dict(frames=len(v), force_mae=float(np.concatenate(v).mean())) for k, v in sorted(kinds.items())}
+
+    def grouped(key: Callable[[dict], object]) -> dict:
+        groups = defaultdict(list)
+        for r, e in zip(rows, per_frame):
+            groups[key(r)].append(e)
+        return {k: dict(frames=len(v), force_mae=float(np.concatenate(v).mean())) for k, v in sorted(groups.items())}
+
     s = dict(frames=len(rows), molecules=len({r["molecule"] for r in rows}), atoms=int(len(z)),
              force_mae=float(err.mean()), force_rmse=float(np.sqrt((err**2).mean())),
-             force_mae_by_element=by_element, force_by_kind=by_kind,
+             force_mae_by_element=by_element, force_by_kind=grouped(lambda r: r["kind"]),
+             force_by_heavy_atoms=grouped(lambda r: sum(1 for e in r["z"] if e > 1)),
              cosine_median=float(np.median([r["cosine"] for r in rows])),
              label_force_rms_median=float(np.median([r["force_rms_label"] for r in rows])))
     risen = [r for r in rows if "rise" in r]
@@ -155,6 +159,8 @@ def print_summary(s: dict, what: str, labels: list[Path]) -> None:
     print("  force MAE per element: " + ", ".join(f"{e} {v:.4f}" for e, v in s["force_mae_by_element"].items()))
     print("  force MAE per kind of frame: " + ", ".join(f"{k} {v['force_mae']:.4f} ({v['frames']} frames)"
                                                      for k, v in s["force_by_kind"].items()))
+    print("  force MAE per heavy-atom count: " + ", ".join(f"{k} {v['force_mae']:.4f} ({v['frames']} frames)"
+                                                         for k, v in s["force_by_heavy_atoms"].items()))
     if "rise_frames" in s:
         print(f"  energy rise above the molecule's minimum ({s['rise_frames']} frames, label's median "
               f"{s['label_rise_median_ev']:.3f} eV): MAE {s['rise_mae_mev']:.1f} meV, median error "
