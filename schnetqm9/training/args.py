@@ -96,6 +96,10 @@ def optimisation_flags(p: argparse._ArgumentGroup, defaults: dict) -> None:
                    help="decay of the exponential moving average of the weights, with a warm-up "
                         "(min(decay, (1+n)/(10+n)) after n steps); at each validation the better of the average "
                         "and the raw weights is kept (0: no average)")
+    p.add_argument("--refit-references", action=argparse.BooleanOptionalAction, default=True,
+                   help="at the end, refit the per-element references of each target read out as a sum (the "
+                        "energies, extensive labels) on the training molecules, kept where the validation MAE falls "
+                        "(training/references.py)")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",
                    help="with several targets: balanced (each target's standardised loss divided by its running "

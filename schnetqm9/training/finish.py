@@ -1,5 +1,6 @@
-"""The end of a training run: test the best weights, reloaded from disk (what a user of the file gets), and write the
-figures, metrics and history (training/report.py) and the tested checkpoint.
+"""The end of a training run: refit the best weights' per-element references (training/references.py), test them,
+reloaded from disk (what a user of the file gets), and write the figures, metrics and history (training/report.py)
+and the tested checkpoint.
 
 Every rank predicts its share of the test set and of the t-SNE sample; rank 0 writes.
 """
@@ -13,7 +14,7 @@ import torch
 
 from schnet_model import SchNet, count_parameters
 from schnetqm9.model import checkpoint
-from schnetqm9.training import report
+from schnetqm9.training import references, report
 from schnetqm9.training.trainer import Progress, Trainer
 
 
@@ -32,6 +33,25 @@ class TestResult:
     true: torch.Tensor
     metrics: dict
     forces: dict | None
+
+
+def refit_best(trainer: Trainer, device: torch.device) -> None:
+    """The best weights' per-element references refitted on the training molecules (training/references.py),
+    written back to the best checkpoint with the record under metrics['references_refit']; nothing without
+    --refit-references or a target read out as a sum."""
+    trainer.world.barrier()  # rank 0 has written the best checkpoint
+    best = checkpoint.load(trainer.best_path)
+    outputs = references.sum_outputs(best)
+    if not trainer.args.refit_references or not outputs:
+        return
+    model = checkpoint.build_model(best, device)
+    record = references.refit(model, trainer.outputs, trainer.batcher, trainer.columns.tolist(), trainer.train_idx,
+                              trainer.val_idx, trainer.names, outputs)
+    references.print_record(record, trainer.units)
+    if trainer.world.main:
+        state = dict(best["state_dict"], atomref=model.atomref.detach().cpu())
+        checkpoint.save({**best, "state_dict": state, "metrics": {**best["metrics"], "references_refit": record}},
+                        trainer.best_path)
 
 
 def test_best(trainer: Trainer, device: torch.device) -> TestResult:
@@ -72,12 +92,14 @@ def run_metrics(trainer: Trainer, p: Progress, test: TestResult, device: torch.d
                 device=str(device), device_name=device_name, wall_time_s=p.elapsed,
                 peak_memory_mb=peak_memory_mb(device), parameters=count_parameters(test.model),
                 torch=torch.__version__, kernels=kernels, precision=trainer.precision,
-                checkpoint=str(trainer.best_path), init_from=meta.init_from)
+                checkpoint=str(trainer.best_path), init_from=meta.init_from,
+                references_refit=test.best["metrics"].get("references_refit"))
 
 
 def finish(trainer: Trainer, p: Progress, device: torch.device, kernels: str) -> dict:
     """Tests the best weights, writes results/ and the tested checkpoint (rank 0), returns metrics.json's dict."""
     args = trainer.args
+    refit_best(trainer, device)
     test = test_best(trainer, device)
     metrics = run_metrics(trainer, p, test, device, kernels)
     g = torch.Generator().manual_seed(args.seed)
