@@ -37,12 +37,11 @@ from tqdm.auto import tqdm
 
 from schnetqm9 import files
 from schnetqm9.cli import Parser, UserError
-from schnetqm9.data.qm9 import ELEMENTS
+from schnetqm9.data.qm9 import SYMBOLS
 from schnetqm9.potential import calculator as ase_calculator
 from schnetqm9.potential import surface
 
 GOALS = dict(force_mae=0.05)
-SYMBOLS = {z: s for s, z in ELEMENTS.items()}
 
 
 def read_frames(paths: list[Path]) -> list:

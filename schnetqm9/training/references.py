@@ -35,12 +35,11 @@ from schnet_model import SchNet
 from schnetqm9.cli import Parser, UserError
 from schnetqm9.data import sources, targets
 from schnetqm9.data.batch import Batcher
-from schnetqm9.data.qm9 import ELEMENTS
+from schnetqm9.data.qm9 import SYMBOLS
 from schnetqm9.model import checkpoint
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.training import report
 
-SYMBOLS = {z: s for s, z in ELEMENTS.items()}
 Outputs = Callable[[SchNet, Tensor], Tensor]  # (model, molecules [M]) -> outputs [M, K]
 
 
@@ -65,10 +64,10 @@ def refit(model: SchNet, outputs_of: Outputs, batcher: Batcher, columns: list[in
     the validation MAE on `val` falls. Changes model.atomref in place; returns the record: per target the
     validation MAE before and after, whether it was kept, and the correction per atom of each element (in the
     target's unit)."""
-    cols = torch.tensor(columns)
+    y = batcher.y.cpu()[:, torch.tensor(columns)]  # [M_all, K]
     b = batcher(train)
-    delta = corrections(outputs_of(model, train), batcher.y.cpu()[train][:, cols], b.z, b.batch, outputs)
-    true_val = batcher.y.cpu()[val][:, cols]
+    delta = corrections(outputs_of(model, train), y[train], b.z, b.batch, outputs)
+    true_val = y[val]
     before = report.regression_metrics(outputs_of(model, val), true_val, names)
     original = model.atomref.clone()
     model.atomref += delta.to(model.atomref)
@@ -134,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m schnetqm9.training.references " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         ckpt = checkpoint.load(args.source)
-        path = None if ckpt.get("data", "QM9") == "QM9" else ckpt["data"]
-        data, _ = sources.open_data(path, checkpoint.target_names(ckpt), data_dir=args.data_dir)
+        source = checkpoint.data_source(ckpt)
+        data, _ = sources.open_data(None if source == "QM9" else source, checkpoint.target_names(ckpt),
+                                    data_dir=args.data_dir)
         atomref, metrics, record = refit_checkpoint(ckpt, data, command)
     except UserError as err:
         sys.exit(f"error: {err}")
