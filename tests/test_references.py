@@ -1,5 +1,6 @@
-"""The references refit at the end of a run (training/references.py): a per-element constant is found exactly, kept
-only where it validates better, and what a finished run writes and tests is the refitted model."""
+"""The references refit (training/references.py): a per-element constant is found exactly, kept only where it
+validates better; each epoch is validated and saved as it would be with refitted references; what a finished run
+writes and tests is the refitted model."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas
 import pytest
 import torch
 from conftest import TINY
@@ -52,6 +54,22 @@ def test_refit_finds_a_per_element_offset_given_to_the_references_and_removes_it
     assert after == pytest.approx(r["val_mae_after"], rel=1e-6)  # the model itself was changed
 
 
+def test_the_validation_refit_sees_each_epoch_as_it_would_be_saved(qm9) -> None:
+    """ValidationRefit on the shipped U0 model with shifted references: its validation outputs are exactly those of
+    the model with its correction added to the atomref, and the correction undoes the shift."""
+    model, batcher, train, val = shipped_u0(qm9)
+    clean = outputs_of(model, batcher, val)
+    for z, shift in OFFSET.items():
+        model.atomref[z, 0] += shift
+    refit = references.ValidationRefit(batcher, [U0], train, val, [0])
+    pred, delta = refit(lambda mols: outputs_of(model, batcher, mols), outputs_of(model, batcher, val))
+    for z, shift in OFFSET.items():
+        assert float(delta[z, 0]) == pytest.approx(-shift, abs=2e-3)
+    assert (pred - clean).abs().max() < 0.01  # eV: the unshifted model's outputs, to the fit's noise
+    model.atomref += delta
+    assert torch.allclose(outputs_of(model, batcher, val), pred, atol=5e-3)  # float32 ulps at 10^4 eV
+
+
 def test_a_refit_that_validates_worse_is_not_kept(qm9) -> None:
     """Training labels that carry a constant per carbon atom which the validation molecules do not: the refit
     finds it, validation gets worse, and the references are left exactly as they were."""
@@ -91,6 +109,11 @@ def test_a_finished_run_and_the_command_write_the_refitted_model_they_tested(qm9
     ckpt = torch.load(run / "best_model_lite.pth", weights_only=True)
     record = ckpt["metrics"]["references_refit"]["targets"]["U0"]
     assert set(record) == {"val_mae_before", "val_mae_after", "kept", "correction_per_atom"}
+    history = pandas.read_csv(run / "results" / "history_lite.csv")
+    best = history[history.epoch == ckpt["epoch"]].iloc[0]
+    assert "val_mae_unrefitted_U0" in history  # each epoch validated with references refitted, and saved so:
+    validated = best["val_mae_U0"] if ckpt["weights"] == "average" else best["val_mae_raw_U0"]
+    assert record["val_mae_before"] == pytest.approx(validated, rel=1e-3)
     assert recomputed(ckpt) == pytest.approx(ckpt["metrics"]["test"]["U0"]["mae"], rel=1e-5)
     written = json.loads((run / "results" / "metrics_lite.json").read_text())
     assert written["references_refit"]["targets"]["U0"] == record

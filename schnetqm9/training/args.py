@@ -97,8 +97,9 @@ def optimisation_flags(p: argparse._ArgumentGroup, defaults: dict) -> None:
                         "(min(decay, (1+n)/(10+n)) after n steps); at each validation the better of the average "
                         "and the raw weights is kept (0: no average)")
     p.add_argument("--refit-references", action=argparse.BooleanOptionalAction, default=True,
-                   help="at the end, refit the per-element references of each target read out as a sum (the "
-                        "energies, extensive labels) on the training molecules, kept where the validation MAE falls "
+                   help="refit the per-element references of each target read out as a sum (the energies, "
+                        "extensive labels): at every validation on 5,000 training molecules (each epoch validated and "
+                        "saved with them), and at the end on all, kept where the validation MAE falls "
                         "(training/references.py)")
     p.add_argument("--loss", choices=["mse", "l1"], default="mse", help="loss on each standardised target")
     p.add_argument("--task-weights", choices=["equal", "balanced"], default="balanced",

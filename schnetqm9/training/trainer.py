@@ -26,7 +26,7 @@ from schnetqm9.model import checkpoint, precision, transfer
 from schnetqm9.model.evaluation import batched_outputs
 from schnetqm9.potential import losses as potential
 from schnetqm9.seeds import draw_seed
-from schnetqm9.training import report
+from schnetqm9.training import references, report
 from schnetqm9.training.distributed import World
 from schnetqm9.training.optim import FlatAdam, LossGuard, Schedule, make_ema
 from schnetqm9.training.step import Objective, train_step
@@ -111,6 +111,9 @@ class Trainer:
                                                      args.prior_weight, args.prior_noise, args.seed,
                                                      args.precondition, args.prior_thermal, args.prior_noise_min)
         self.force_val_idx = self.val_idx[:self.FORCE_VALIDATION]
+        refit = [k for k, t in enumerate(meta.targets) if t["output"] == "add"] if args.refit_references else []
+        self.refit = (references.ValidationRefit(self.batcher, self.columns.tolist(), self.train_idx, self.val_idx,
+                                                 refit) if refit else None)  # validated with refitted references
         self.objective = Objective(self.columns, self.scale, torch.ones(k, device=device), args.loss, self.potential)
 
     @property
@@ -265,12 +268,21 @@ class Trainer:
 
     def validate(self) -> tuple[dict, dict]:
         """Per-target validation metrics of the averaged weights, and of the raw ones; with --force-weight, the
-        forces' too, under 'forces'."""
+        forces' too, under 'forces'. With references refitted at validation (training/references.py), the metrics
+        are the refitted model's, and 'references' holds the correction [100, K] to its atomref and 'unrefitted'
+        the MAE per target without it."""
         t = time.perf_counter()
         true = self.data.y[self.val_idx][:, self.columns.cpu()]
         found = []
         for model in (self.eval_model, self.model)[:1 if self.ema is None else 2]:
-            metrics = report.regression_metrics(self.outputs(model, self.val_idx), true, self.names)
+            pred = self.outputs(model, self.val_idx)
+            if self.refit is None:
+                metrics = report.regression_metrics(pred, true, self.names)
+            else:
+                unrefitted = report.regression_metrics(pred, true, self.names)
+                pred, delta = self.refit(lambda mols: self.outputs(model, mols), pred)  # noqa: B023 (called here)
+                metrics = report.regression_metrics(pred, true, self.names)
+                metrics.update(references=delta, unrefitted={n: unrefitted[n]["mae"] for n in self.names})
             if self.args.force_weight:
                 metrics["forces"] = self.force_errors(model, self.force_val_idx)
             found.append(metrics)
@@ -297,6 +309,8 @@ class Trainer:
             h[f"train_mae_{name}"] = p.abs_err_sum[k] / max(1, seen) if p.abs_err_sum else math.nan
             h[f"val_mae_{name}"], h[f"val_mae_raw_{name}"] = val[name]["mae"], raw[name]["mae"]
             h[f"val_rmse_{name}"] = val[name]["rmse"]
+            if "unrefitted" in val:
+                h[f"val_mae_unrefitted_{name}"] = val["unrefitted"][name]
         h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes)
         forces = ""
         if self.potential is not None:  # how far from a potential: forces against the labels, train and val
@@ -333,10 +347,15 @@ class Trainer:
             best, kept = min(p.history[-1]["val_score"], p.history[-1]["val_score_raw"]), p.history[-1]["kept"]
             if best < p.best_val:
                 p.best_val, p.best_epoch = best, p.epoch + 1
-                weights = self.eval_model if kept == "average" else self.model
+                weights, metrics = (self.eval_model, val) if kept == "average" else (self.model, raw)
+                state = weights.state_dict()
+                if "references" in metrics:  # saved as validated: with the refitted references
+                    atomref = state["atomref"]
+                    state = dict(state, atomref=atomref + metrics["references"].reshape(atomref.shape).to(atomref))
+                metrics = {k: v for k, v in metrics.items() if k not in ("references", "unrefitted")}
                 if self.world.main:
-                    checkpoint.save(checkpoint.best_weights(self.meta, weights.state_dict(), p.best_epoch, kept,
-                                                            best, val if kept == "average" else raw), self.best_path)
+                    checkpoint.save(checkpoint.best_weights(self.meta, state, p.best_epoch, kept, best, metrics),
+                                    self.best_path)
             p.epoch += 1
         p.step_in_epoch, p.loss_sum, p.abs_err_sum, p.checked_steps = 0, 0.0, [], 0
         stalled = bool(args.patience) and p.epoch - p.best_epoch >= args.patience
