@@ -2,7 +2,7 @@
 # Issue 34's arms and learning curve, side by side on one schedule (2 epochs, cosine from 3e-4, MMFF94's prior),
 # tested on the same held-out B3LYP frames:
 #   b: the shipped potential fine-tuned on the B3LYP training frames;
-#   c: the shipped potential pretrained on 9,435 GFN2-xTB frames (resume/xtb_pretrain, docs/POTENTIAL.md "Arm c"),
+#   c: the shipped potential pretrained on 9,435 GFN2-xTB frames (experiments/potential/xtb_pretrain, docs/POTENTIAL.md "Arm c"),
 #      then the same fine-tune.
 # Usage:
 #   bash experiments/potential/arms/run.sh data [N]   the surface file (all labelled molecules, or N of them), once
@@ -61,7 +61,7 @@ PY
 fi
 case $what in
     b) init=(--init-from models/schnet_qm9_U0_potential.pth --init-output energy=U0) ;;
-    c) init=(--init-from resume/xtb_pretrain/best_model_xtb.pth) ;;
+    c) init=(--init-from experiments/potential/xtb_pretrain/best_model_xtb.pth) ;;
     *) echo "error: '$what' is not data, b or c" >&2; exit 2 ;;
 esac
 run=${what}${n:+_$n}${TAG:+_$TAG}
