@@ -1,6 +1,7 @@
 """compare_runs.py: the kept validation MAE per epoch, the first epoch at a threshold, and clear errors."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from schnetqm9.analysis import compare_runs
+from schnetqm9.training import report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +46,20 @@ def test_markdown_has_a_row_per_epoch_and_marks_a_shorter_run(tmp_path) -> None:
     assert "| 3 | 0.2000 | — |" in table
     assert "| to val MAE ≤ 0.29 | 30.0 min (epoch 3) | 6.0 min (epoch 2) |" in table
     assert "| minutes per epoch | 10.0 | 3.0 |" in table and "| test MAE | 0.1900 | — |" in table
+
+
+def test_a_history_whose_later_epochs_record_more_is_written_aligned_and_read_back(tmp_path) -> None:
+    """A run resumed by a version that records another column from some epoch on: every value stays under its own
+    header (report.write_history), the earlier rows empty there, and compare_runs reads the run as before."""
+    history = [dict(epoch=1, val_mae_U0=0.05, val_mae_raw_U0=0.06, lr=1e-3, epochs_done=1.0, minutes=5.0),
+               dict(epoch=2, val_mae_U0=0.02, val_mae_raw_U0=0.03, unrefitted_val_mae_U0=0.04, lr=5e-4,
+                    epochs_done=2.0, minutes=10.0)]
+    report.write_history(tmp_path / "history_r.csv", history)
+    rows = list(csv.DictReader((tmp_path / "history_r.csv").open()))
+    assert rows[0]["unrefitted_val_mae_U0"] == "" and rows[1]["unrefitted_val_mae_U0"] == "0.04"
+    assert [float(r["lr"]) for r in rows] == [1e-3, 5e-4] and rows[1]["minutes"] == "10.0"
+    run = compare_runs.load(f"r={tmp_path / 'history_r.csv'}")
+    assert run.target == "U0" and run.val_mae == [0.05, 0.02] and run.minutes == [5.0, 10.0]
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ def test_a_finished_run_and_the_command_write_the_refitted_model_they_tested(qm9
     assert set(record) == {"val_mae_before", "val_mae_after", "kept", "correction_per_atom"}
     history = pandas.read_csv(run / "results" / "history_lite.csv")
     best = history[history.epoch == ckpt["epoch"]].iloc[0]
-    assert "val_mae_unrefitted_U0" in history  # each epoch validated with references refitted, and saved so:
+    assert "unrefitted_val_mae_U0" in history  # each epoch validated with references refitted, and saved so:
     validated = best["val_mae_U0"] if ckpt["weights"] == "average" else best["val_mae_raw_U0"]
     assert record["val_mae_before"] == pytest.approx(validated, rel=1e-3)
     assert recomputed(ckpt) == pytest.approx(ckpt["metrics"]["test"]["U0"]["mae"], rel=1e-5)

@@ -62,6 +62,13 @@ def write(out_dir: Path, suffix: str, metrics: dict, history: list[dict], true: 
                     seed=metrics["split"]["seed"])
     with atomic_write(out_dir / f"metrics{suffix}.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    rows = [",".join(history[0])] + [",".join(f"{v}" for v in h.values()) for h in history]
-    with atomic_write(out_dir / f"history{suffix}.csv") as tmp:
+    write_history(out_dir / f"history{suffix}.csv", history)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv: a row per validated epoch, a column per key of any row (a run resumed by a newer version may
+    record more in its later epochs), empty where a row lacks it."""
+    columns = list(dict.fromkeys(k for h in history for k in h))
+    rows = [",".join(columns)] + [",".join(f"{h.get(c, '')}" for c in columns) for h in history]
+    with atomic_write(path) as tmp:
         tmp.write_text("\n".join(rows) + "\n")

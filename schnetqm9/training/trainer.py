@@ -310,7 +310,7 @@ class Trainer:
             h[f"val_mae_{name}"], h[f"val_mae_raw_{name}"] = val[name]["mae"], raw[name]["mae"]
             h[f"val_rmse_{name}"] = val[name]["rmse"]
             if "unrefitted" in val:
-                h[f"val_mae_unrefitted_{name}"] = val["unrefitted"][name]
+                h[f"unrefitted_val_mae_{name}"] = val["unrefitted"][name]
         h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes)
         forces = ""
         if self.potential is not None:  # how far from a potential: forces against the labels, train and val
