@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python -m schnetqm9.analysis.time_to_accuracy \
-    "U0 shipped: 95 min budget (fp32, 1 core)=models/schnet_qm9_U0.pth" \
-    "U0 120-epoch cosine, in progress (bf16, 1 core)=resume/U0/last_U0.pth" \
+    "U0 shipped: 120-epoch cosine (bf16, 1 core)=experiments/U0_120epochs/history_U0.csv" \
+    "U0 shipped before: 95 min budget (fp32, 1 core)=experiments/time_to_accuracy/history_U0_95min.csv" \
     "U0 5 epochs (fp32, 1 core)=experiments/precision/history_U0_fp32.csv" \
     "U0 5 epochs (bf16, 1 core)=experiments/precision/history_U0_bf16.csv" \
     "U0 of the all-target model (fp32)=models/schnet_qm9_all.pth@U0" \
