@@ -4,7 +4,7 @@
     python predict.py --smiles CCO c1ccccc1O                   # from SMILES (RDKit geometries, inference/smiles.py)
     python predict.py mols.smi --csv out.csv                   # a .smi file: a SMILES per line, a name optional
     python predict.py --target mu mol1.xyz                      # one of them
-    python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0)
+    python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0, lumo)
     python predict.py --checkpoint checkpoints/best_model_all.pth mol1.xyz   # every property of your model
     python predict.py --checkpoint checkpoints/best_model_lite.pth --per-atom --csv out.csv water.xyz
 
@@ -57,8 +57,8 @@ def predict_molecules(model: torch.nn.Module, molecules: list[Molecule], device:
 
 
 def resolve_checkpoint(path: str | None, target: str | None) -> Path:
-    """--checkpoint as given, else the shipped model for --target: the dedicated one for gap and U0, the
-    all-target one for every other target and when --target is not given."""
+    """--checkpoint as given, else the shipped model for --target: the dedicated one where there is one
+    (shipped.dedicated()), the all-target one for every other target and when --target is not given."""
     if path is not None:
         return Path(path)
     if target not in (None, "all", *STANDARD):
@@ -135,9 +135,10 @@ def build_parser() -> Parser:
                    help="molecules as SMILES: hydrogens added, 3D structure by RDKit's ETKDG embedding and MMFF94 "
                    "optimisation, seeded (the same SMILES always gives the same numbers)")
     p.add_argument("--target", help="one property to report (mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, "
-                   "cv), or all (the default: every output). Without --checkpoint, gap and U0 come from their "
-                   "dedicated shipped models (models/schnet_qm9_gap.pth, _U0.pth), everything else from the "
-                   "shipped all-target model (models/schnet_qm9_all.pth)")
+                   "cv), or all (the default: every output). Without --checkpoint, "
+                   + ", ".join(shipped.dedicated()) + " come from their dedicated shipped models "
+                   "(models/schnet_qm9_<target>.pth), everything else from the shipped all-target model "
+                   "(models/schnet_qm9_all.pth)")
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (default: the shipped model for --target)")
     p.add_argument("--relax", action="store_true", help="first relax each structure (BFGS) with the energy and "
                    "forces of the shipped U0 potential (models/schnet_qm9_U0_potential.pth); adds the column "

@@ -27,6 +27,7 @@ MODELS = {m.name: m for m in [
     Shipped("all", "the twelve standard QM9 properties in one model: predict.py's default", ()),
     Shipped("gap", "the HOMO-LUMO gap alone", ("gap",)),
     Shipped("U0", "U0 alone: energies at DFT geometries", ("U0",)),
+    Shipped("lumo", "the LUMO energy alone", ("lumo",)),
     Shipped("U0_potential", "the potential (QM9's electronic surface, U0 - ZPVE): SchNetCalculator()'s default, "
             "for forces, relaxations (predict.py --relax) and MD", ()),
 ]}
@@ -35,6 +36,11 @@ POTENTIAL = "U0_potential"  # SchNetCalculator()'s surface, the one predict.py -
 
 def path(name: str) -> Path:
     return MODELS[name].path
+
+
+def dedicated() -> list[str]:
+    """The QM9 targets with a model of their own."""
+    return [t for m in MODELS.values() for t in m.targets]
 
 
 def for_target(target: str | None) -> Path:

@@ -113,8 +113,9 @@ def optimisation_flags(p: argparse._ArgumentGroup, defaults: dict) -> None:
     p.add_argument("--precision", choices=list(precision.CHOICES), default=defaults["precision"],
                    help="bf16: the linear layers of the training steps in bfloat16 (torch.autocast), sums, readout, "
                         "loss, optimiser and weight average in float32; auto: bf16 only on hardware with native "
-                        "bfloat16 and for targets measured not to lose accuracy per epoch (the gap and U0, without "
-                        "force terms; the rest fp32: docs/PERFORMANCE.md); "
+                        "bfloat16 and for targets measured not to lose accuracy per epoch ("
+                        + ", ".join(sorted(precision.MEASURED_SAFE)) + ", without force terms; the rest fp32: "
+                        "docs/PERFORMANCE.md); "
                         "validation and test always in float32 (model/precision.py)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
 
