@@ -81,7 +81,8 @@ def plot_loss_curve(history: list[dict], units: dict[str, str], path: Path, titl
     """Per target (`units` maps its name to its unit), one panel: training MAE (running mean over each epoch,
     while the weights change) and validation MAE against epochs, on a log scale, with the learning rate on a
     second axis. When the validated weights are a moving average, the raw weights' validation MAE is drawn too,
-    dashed."""
+    dashed; where the references were refitted at validation (training/references.py), the MAE before that refit,
+    dotted."""
     x = [h["epochs_done"] for h in history]  # fractional when a time budget ended the last epoch early
     fig, axes = _grid(len(units), (4.6, 3.4) if len(units) > 1 else (6.6, 4.2))
     for ax, (name, unit) in zip(axes, units.items()):
@@ -93,6 +94,9 @@ def plot_loss_curve(history: list[dict], units: dict[str, str], path: Path, titl
                 label="validation MAE" + (" (weight average)" if averaged else ""))
         if averaged:
             ax.plot(x, raw, "--", lw=1, color="tab:orange", label="validation MAE (raw weights)")
+        unrefitted = [h.get(f"unrefitted_val_mae_{name}", np.nan) for h in history]
+        if not np.isnan(unrefitted).all():
+            ax.plot(x, unrefitted, ":", lw=1.2, color="tab:red", label="validation MAE before the references' refit")
         best = int(np.argmin(np.minimum(val, raw)))
         ax.axvline(x[best], color="0.6", ls=":", lw=1)
         left = best > len(x) / 2  # keep the label inside the axes
@@ -108,7 +112,7 @@ def plot_loss_curve(history: list[dict], units: dict[str, str], path: Path, titl
         lr_ax.set_yscale("log")
         if ax is axes[0]:
             lr_ax.set_ylabel("learning rate at epoch end", color="0.45")
-            lines = ax.get_lines()[: 3 if averaged else 2] + lr_ax.get_lines()
+            lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")] + lr_ax.get_lines()
             ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=7)
     if len(units) > 1:
         fig.suptitle(title or "Training")

@@ -72,7 +72,7 @@ def plot(runs: list[Run], path: Path) -> None:
     by_target: dict[str, list[Run]] = {}
     for r in runs:
         by_target.setdefault(r.target, []).append(r)
-    fig, axes = plt.subplots(2, len(by_target), figsize=(5.2 * len(by_target), 7.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(by_target), figsize=(5.2 * len(by_target), 9.0), squeeze=False)
     for col, (target, group) in enumerate(by_target.items()):
         for row, (x_of, xlabel) in enumerate(((lambda r: r.epochs, "epochs"),
                                               (lambda r: r.minutes, "wall clock (min, this machine)"))):
@@ -91,8 +91,8 @@ def plot(runs: list[Run], path: Path) -> None:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(plots.quantity(f"{target} validation MAE", group[0].unit))
             ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
         axes[0, col].set_title(target)
+        axes[1, col].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: no curve hidden
     fig.suptitle("Time to accuracy on 2 CPU cores: validation MAE against epochs and minutes")
     fig.tight_layout()
     plots.save_figure(fig, path)
