@@ -171,7 +171,8 @@ def qm9_figure(ckpt: dict, qm9) -> tuple[torch.Tensor, torch.Tensor, float]:
     return test, surface.qm9_minimum_energies(qm9)[test], recorded["mae"]
 
 
-@pytest.mark.parametrize("name", ["gap", *(pytest.param(n, marks=pytest.mark.slow) for n in ("U0", "lumo", "all"))])
+@pytest.mark.parametrize("name", ["gap", *(pytest.param(n, marks=pytest.mark.slow)
+                                           for n in ("U0", "homo", "lumo", "all"))])
 def test_shipped_model_reproduces_its_recorded_test_mae(name: str, qm9) -> None:
     """models/schnet_qm9_<name>.pth: a weights-only checkpoint that records how it was made, and gives its
     recorded test MAE of every target again on its recorded test split (the standard 110,000 / 10,000 / 10,831)."""
@@ -212,7 +213,7 @@ def test_shipped_potential_records_how_it_was_made_and_its_figure_at_qm9s_minima
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gap", "U0", "lumo", "U0_potential"])
+@pytest.mark.parametrize("name", ["gap", "U0", "homo", "lumo", "U0_potential"])
 def test_shipped_model_in_pygs_own_schnet_gives_its_recorded_test_mae(name: str, qm9) -> None:
     """The single-output shipped models, their weights copied into torch_geometric.nn.models.SchNet (to_pyg), give
     their recorded MAE on all 10,831 test molecules: the shipped numbers are PyG's SchNet's numbers."""
@@ -246,11 +247,11 @@ def test_without_flags_the_shipped_all_target_model_prints_twelve_properties(qm9
 
 @pytest.mark.slow
 def test_without_checkpoint_the_shipped_model_for_the_target_predicts(qm9, tmp_path: Path) -> None:
-    """gap, U0 and lumo come from their dedicated models, the other nine from the all-target model."""
+    """gap, U0, homo and lumo come from their dedicated models, the other eight from the all-target model."""
     ase.io.write(tmp_path / "m.xyz", atoms_of(qm9, 100))
-    assert shipped.dedicated() == ["gap", "U0", "lumo"]
-    for target, model, what in (("gap", "gap", "gap in eV"), ("U0", "U0", "U0 in eV"), ("lumo", "lumo", "lumo in eV"),
-                                ("cv", "all", "12 targets")):
+    assert shipped.dedicated() == ["gap", "U0", "homo", "lumo"]
+    dedicated = [(t, t, f"{t} in eV") for t in ("gap", "U0", "homo", "lumo")]
+    for target, model, what in (*dedicated, ("cv", "all", "12 targets")):
         proc = run(["--target", target, "--device", "cpu", "m.xyz"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         shown = os.path.relpath(shipped.path(model), tmp_path)

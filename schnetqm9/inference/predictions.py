@@ -4,7 +4,7 @@
     python predict.py --smiles CCO c1ccccc1O                   # from SMILES (RDKit geometries, inference/smiles.py)
     python predict.py mols.smi --csv out.csv                   # a .smi file: a SMILES per line, a name optional
     python predict.py --target mu mol1.xyz                      # one of them
-    python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0, lumo)
+    python predict.py --target gap mol1.xyz                     # the shipped dedicated gap model (also U0, homo, lumo)
     python predict.py --checkpoint checkpoints/best_model_all.pth mol1.xyz   # every property of your model
     python predict.py --checkpoint checkpoints/best_model_lite.pth --per-atom --csv out.csv water.xyz
 

@@ -27,6 +27,7 @@ MODELS = {m.name: m for m in [
     Shipped("all", "the twelve standard QM9 properties in one model: predict.py's default", ()),
     Shipped("gap", "the HOMO-LUMO gap alone", ("gap",)),
     Shipped("U0", "U0 alone: energies at DFT geometries", ("U0",)),
+    Shipped("homo", "the HOMO energy alone", ("homo",)),
     Shipped("lumo", "the LUMO energy alone", ("lumo",)),
     Shipped("U0_potential", "the potential (QM9's electronic surface, U0 - ZPVE): SchNetCalculator()'s default, "
             "for forces, relaxations (predict.py --relax) and MD", ()),
