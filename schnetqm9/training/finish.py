@@ -41,7 +41,7 @@ def refit_best(trainer: Trainer, device: torch.device) -> None:
     --refit-references or a target read out as a sum."""
     trainer.world.barrier()  # rank 0 has written the best checkpoint
     best = checkpoint.load(trainer.best_path)
-    outputs = references.sum_outputs(best)
+    outputs = references.sum_outputs(best["targets"])
     if not trainer.args.refit_references or not outputs:
         return
     model = checkpoint.build_model(best, device)

@@ -49,9 +49,10 @@ from schnetqm9.training import report
 Outputs = Callable[[SchNet, Tensor], Tensor]  # (model, molecules [M]) -> outputs [M, K]
 
 
-def sum_outputs(ckpt: dict) -> list[int]:
-    """The outputs read out as a sum of atom contributions: the ones with per-element references."""
-    return [k for k, t in enumerate(ckpt["targets"]) if t["output"] == "add"]
+def sum_outputs(targets: list[dict]) -> list[int]:
+    """The outputs (a checkpoint's or a run's `targets`) read out as a sum of atom contributions: the ones with
+    per-element references."""
+    return [k for k, t in enumerate(targets) if t["output"] == "add"]
 
 
 def corrections(pred: Tensor, true: Tensor, z: Tensor, batch: Tensor, outputs: list[int]) -> Tensor:
@@ -131,7 +132,7 @@ def refit_checkpoint(ckpt: dict, data: sources.Source, command: str) -> tuple[Te
     """A model's references refitted on its own training split, its test metrics measured before and after:
     returns (the new atomref [100, K], its metrics with 'test' and 'test_before_refit' replacing the recorded test
     figures, the record)."""
-    outputs = sum_outputs(ckpt)
+    outputs = sum_outputs(ckpt["targets"])
     if not outputs:
         raise UserError("the model has no target read out as a sum (U0, U, H, G, an extensive label): nothing to "
                         "refit")

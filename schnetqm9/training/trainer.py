@@ -111,7 +111,7 @@ class Trainer:
                                                      args.prior_weight, args.prior_noise, args.seed,
                                                      args.precondition, args.prior_thermal, args.prior_noise_min)
         self.force_val_idx = self.val_idx[:self.FORCE_VALIDATION]
-        refit = [k for k, t in enumerate(meta.targets) if t["output"] == "add"] if args.refit_references else []
+        refit = references.sum_outputs(meta.targets) if args.refit_references else []
         self.refit = (references.ValidationRefit(self.batcher, self.columns.tolist(), self.train_idx, self.val_idx,
                                                  refit) if refit else None)  # validated with refitted references
         self.objective = Objective(self.columns, self.scale, torch.ones(k, device=device), args.loss, self.potential)
@@ -280,7 +280,7 @@ class Trainer:
                 metrics = report.regression_metrics(pred, true, self.names)
             else:
                 unrefitted = report.regression_metrics(pred, true, self.names)
-                pred, delta = self.refit(lambda mols: self.outputs(model, mols), pred)  # noqa: B023 (called here)
+                pred, delta = self.refit(lambda mols: self.outputs(model, mols), pred)
                 metrics = report.regression_metrics(pred, true, self.names)
                 metrics.update(references=delta, unrefitted={n: unrefitted[n]["mae"] for n in self.names})
             if self.args.force_weight:
