@@ -327,6 +327,19 @@ def test_loss_guard_flags_jumps_of_the_whole_loss_not_one_noisy_target() -> None
     assert guard.is_spike([float("nan"), 1.0, 0.01], running) and guard.is_spike([float("inf"), 1.0, 1.0], None)
     w = optim.LossGuard.weights([1.0, 4.0], "balanced", 2)
     torch.testing.assert_close(w, torch.tensor([1.6, 0.4]))
+
+
+def test_loss_guard_rolls_back_a_loss_that_stays_up_not_one_outlier_window() -> None:
+    """One molecule with a huge error lifts one window and is gone at the next (QM9's largest alpha in the
+    twelve-target run); a blow-up stays. Only the second window in a row above the factor, or a non-finite loss,
+    is a spike."""
+    guard, running = optim.LossGuard(factor=10.0), [1.0, 1.0, 1.0]
+    outlier, ordinary, blown_up = [1.0, 1.0, 40.0], [1.0, 1.0, 1.0], [30.0, 20.0, 40.0]
+    assert [guard.judge(w, running) for w in (ordinary, outlier, ordinary, outlier, ordinary)] == \
+        ["ok", "held", "ok", "held", "ok"]
+    assert [guard.judge(w, running) for w in (blown_up, blown_up, blown_up)] == ["held", "spike", "held"]
+    assert guard.judge([float("nan"), 1.0, 1.0], running) == "spike"  # no second look at a non-finite loss
+    assert guard.judge(ordinary, running) == "ok" and guard.judge([float("inf")] * 3, None) == "spike"
     assert torch.equal(optim.LossGuard.weights([1.0, 4.0], "equal", 2), torch.ones(2))
 
 

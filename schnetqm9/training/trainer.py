@@ -45,6 +45,7 @@ class Progress:
     running_loss: list[float] | None = None  # per target, the LossGuard's running mean
     lr_scale: float = 1.0  # halved at each loss spike
     spikes: int = 0
+    held_windows: int = 0  # single windows above the loss guard's factor, kept out of its running mean
     best_val: float = math.inf  # best validation score (Trainer.score)
     best_epoch: int = -1
     finished: bool = False
@@ -199,7 +200,9 @@ class Trainer:
 
     def check_window(self, p: Progress, bar: tqdm | None = None) -> None:
         """Folds the steps since the last check into the epoch's sums, or, if their loss spiked (optim.LossGuard),
-        rolls the weights, optimiser and average back to the last good state and halves the learning rate."""
+        rolls the weights, optimiser and average back to the last good state and halves the learning rate. A first
+        window above the guard's factor is held: counted in the epoch's sums, kept out of the running mean (and its
+        task weights), and no good state is kept from it."""
         if not self.window_steps:
             return
         sums = self.world.sum_(torch.cat([self.window_loss, self.window_err]).double()).tolist()
@@ -208,15 +211,21 @@ class Trainer:
         self.window_loss.zero_()
         self.window_err.zero_()
         self.window_steps = 0
-        if self.guard.is_spike(window, p.running_loss):
+        verdict = self.guard.judge(window, p.running_loss)
+        if verdict == "spike":
             self.roll_back(p, window)
             return
-        p.running_loss = self.guard.update(window, p.running_loss)
-        self.set_task_weights(p)
+        if verdict == "held":
+            p.held_windows += 1
+            print(f"one window at epoch {p.epoch + 1}, step {p.step_in_epoch} at {self.describe(window, p)}: "
+                  f"held out of the running mean until the next window shows whether it was an outlier", flush=True)
+        else:
+            p.running_loss = self.guard.update(window, p.running_loss)
+            self.set_task_weights(p)
         p.loss_sum += sum(window) / k * n
         p.abs_err_sum = [a + e for a, e in zip(p.abs_err_sum or [0.0] * k, sums[k:])]
         p.checked_steps += n
-        if p.step - self.snapshots[-1][0] >= self.SNAPSHOT_EVERY:
+        if verdict == "ok" and p.step - self.snapshots[-1][0] >= self.SNAPSHOT_EVERY:
             self.snapshots.append((p.step, copy.deepcopy(self.training_state())))
         if bar is not None:
             bar.set_postfix_str(f"loss {sum(window) / k:.4f}" + self.time_left(p))
@@ -229,8 +238,6 @@ class Trainer:
     def roll_back(self, p: Progress, window: list[float]) -> None:
         """Restore the oldest good state kept (at most 2 * SNAPSHOT_EVERY steps back) and halve the learning rate;
         the steps and the data order go on."""
-        level = self.guard.level(window, p.running_loss)
-        worst = max(range(len(window)), key=lambda k: window[k] / max((p.running_loss or window)[k], 1e-12))
         p.lr_scale *= self.guard.cut
         p.spikes += 1
         if p.lr_scale < self.guard.min_lr_scale or not self.snapshots:
@@ -243,9 +250,14 @@ class Trainer:
             self.ema.load_state_dict(good["ema"])
         self.snapshots.clear()
         self.snapshots.append((p.step, copy.deepcopy(good)))
-        print(f"loss spike at epoch {p.epoch + 1}, step {p.step_in_epoch} (loss {level:.3g}x its running mean, "
-              f"most in {self.names[worst]}): weights rolled back to step {good_step}, learning rate now "
-              f"{p.lr_scale:g} x the schedule", flush=True)
+        print(f"loss spike at epoch {p.epoch + 1}, step {p.step_in_epoch} ({self.describe(window, p)}): weights "
+              f"rolled back to step {good_step}, learning rate now {p.lr_scale:g} x the schedule", flush=True)
+
+    def describe(self, window: list[float], p: Progress) -> str:
+        """'loss 17.3x its running mean, most in alpha' for a window of per-target losses [K]."""
+        level = self.guard.level(window, p.running_loss)
+        worst = max(range(len(window)), key=lambda k: window[k] / max((p.running_loss or window)[k], 1e-12))
+        return f"loss {level:.3g}x its running mean, most in {self.names[worst]}"
 
     def time_left(self, p: Progress) -> str:
         if self.schedule.budget_s is None:
@@ -311,7 +323,8 @@ class Trainer:
             h[f"val_rmse_{name}"] = val[name]["rmse"]
             if "unrefitted" in val:
                 h[f"unrefitted_val_mae_{name}"] = val["unrefitted"][name]
-        h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes)
+        h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes,
+                 held_windows=p.held_windows)
         forces = ""
         if self.potential is not None:  # how far from a potential: forces against the labels, train and val
             h.update(self.potential.take())
