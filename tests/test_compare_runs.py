@@ -1,4 +1,5 @@
-"""compare_runs.py: the kept validation MAE per epoch, the first epoch at a threshold, and clear errors."""
+"""compare_runs.py: the kept validation MAE per epoch, the first epoch at a threshold, and clear errors;
+epoch_table.py: a multi-target run's validation MAE per epoch against SchNetPack's."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from schnetqm9.analysis import compare_runs
+from schnetqm9.analysis import compare_runs, epoch_table
+from schnetqm9.analysis.published import SCHNETPACK
 from schnetqm9.training import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +131,21 @@ def test_time_to_accuracy_script_draws_every_target_and_rejects_a_bad_file_in_on
     bad = subprocess.run([*script, f"x={tmp_path / 'junk.pth'}"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 1 and "not a readable PyTorch checkpoint" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_epoch_table_gives_the_kept_weights_mae_and_its_ratio_to_schnetpack(tmp_path) -> None:
+    """An epoch at exactly SchNetPack's MAE on every target has mean ratio 1.00; one where the raw weights were kept
+    takes their MAE (here twice SchNetPack's gap, three times its U0: mean 2.50, worst 3.0 on U0)."""
+    gap, u0 = SCHNETPACK["gap"], SCHNETPACK["U0"]
+    lines = ["epoch,kept,val_mae_gap,val_mae_raw_gap,val_mae_U0,val_mae_raw_U0,epochs_done,minutes",
+             f"1,average,{gap},{9 * gap},{u0},{9 * u0},1.0,10.25",
+             f"2,raw,{9 * gap},{2 * gap},{9 * u0},{3 * u0},2.0,20.5"]
+    path = tmp_path / "history_all.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows = epoch_table.table(epoch_table.rows_of(path)).splitlines()
+    assert rows[0] == "| epoch (minutes) | gap (eV) | U0 (eV) | mean ratio | worst |" and len(rows) == 4
+    assert rows[2].endswith("| 1.00 | 1.0 (gap) |") and rows[2].startswith("| 1 (10.2) |")
+    assert rows[3].endswith("| 2.50 | 3.0 (U0) |") and f"| {2 * gap:.3g} | {3 * u0:.3g} |" in rows[3]
+    proc = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.epoch_table", str(tmp_path / "none.pth")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr

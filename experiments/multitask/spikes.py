@@ -1,5 +1,5 @@
-"""What makes the all-target run's loss "spike": replays one epoch's windows of the training loop's loss guard with
-the weights of a resume state, and names the molecules behind every window the guard would roll back.
+"""What makes a run's loss "spike": replays epochs' windows of the training loop's loss guard with the weights of a
+resume state (or of a finished model), and names the molecules behind every window above the guard's factor.
 
 The guard (schnetqm9/training/optim.py, LossGuard) sees, every 10 steps of B molecules, the window's loss per target
 L_k = (1/10B) sum_m e_mk, e_mk = ((yhat_mk - y_mk) / s_k)^2, against its running mean m_k, and rolls back when the
@@ -11,10 +11,15 @@ so with K = 12 and B = 32 a molecule whose squared error is ~3,500 times its tar
 by itself, whether or not anything in the model blew up. This script computes e_mk for every training molecule at
 the state's raw weights, replays the windows of the epoch order train.py draws (seeds.draw_seed(seed, epoch)), and
 prints the windows above the threshold with the molecule that contributes most to each, and the molecules whose
-Delta r_m alone exceeds 1. Nothing is written but the printed report and, with --output, its JSON.
+Delta r_m alone exceeds 1. A finished model has no running mean: its mean training loss stands in (which the
+outlier itself lifts, so its levels are a lower bound). Nothing is written but the printed report and, with
+--output, its JSON.
 
-    OMP_NUM_THREADS=1 python -m experiments.multitask.spikes resume/all/last_all.pth --epochs 12 13 \\
-        --output experiments/multitask/spikes.json
+    git show 72013cc:resume/all/last_all.pth > /tmp/last_all.pth   # the state after 10 epochs, 2026-12-07
+    OMP_NUM_THREADS=1 python -m experiments.multitask.spikes /tmp/last_all.pth --epochs 11 12 13 14 \\
+        --output experiments/multitask/spikes_all.json
+    OMP_NUM_THREADS=1 python -m experiments.multitask.spikes models/schnet_qm9_lumo.pth --epochs 8 9 10 \\
+        --output experiments/multitask/spikes_lumo.json   # likewise homo
 """
 from __future__ import annotations
 
@@ -45,16 +50,15 @@ def window_levels(err: torch.Tensor, running: torch.Tensor, order: torch.Tensor,
 
 def main() -> None:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("state", type=Path, help="a resume state (resume/*/last_*.pth) of a run with several targets")
+    p.add_argument("state", type=Path, help="a resume state (resume/*/last_*.pth), or a finished model (models/*.pth)")
     p.add_argument("--epochs", type=int, nargs="+", default=None,
                    help="epochs (1-based) whose order is replayed (default: the state's current one)")
     p.add_argument("--data-dir", default="data", help="QM9 cache folder")
     p.add_argument("--output", type=Path, default=None, help="JSON written with the report")
     args = p.parse_args()
     state = checkpoint.load(args.state)
-    progress = checkpoint.progress(state)
-    if progress is None or progress["running_loss"] is None:
-        raise SystemExit(f"{args.state} is not a resume state with a running loss")
+    progress = checkpoint.progress(state) or dict(epoch=state.get("epochs_done"), spikes=state.get("spikes"),
+                                                  lr_scale=None, running_loss=None)
     record = checkpoint.RunRecord.of(state)
     names = record.names
     data, _ = sources.open_data(None, names, data_dir=args.data_dir)
@@ -64,13 +68,16 @@ def main() -> None:
     train = torch.as_tensor(record.split["train"])
     pred = batched_outputs(model, batcher, train, 256)  # [M, K]
     err = ((pred - data.y[train][:, columns].float()) / scale) ** 2  # [M, K]
-    running = torch.tensor(progress["running_loss"]).float()  # [K]
+    # the guard's running mean, or for a finished model (no resume state) its mean training loss in its place
+    running = err.mean(0) if progress["running_loss"] is None else torch.tensor(progress["running_loss"]).float()
     k = len(names)
     alone = err / (WINDOW * record.batch_size * running) / k  # [M, K]: Delta r_m per target
     report = dict(state=str(args.state), epochs_done=progress["epoch"], spikes=progress["spikes"],
                   lr_scale=progress["lr_scale"], running_loss=dict(zip(names, running.tolist())),
                   train_loss=dict(zip(names, err.mean(0).tolist())), molecules={}, windows={})
-    print(f"{args.state}: {progress['epoch']} epochs done, {progress['spikes']} spikes, lr x {progress['lr_scale']:g}")
+    print(f"{args.state}: {progress['epoch']} epochs done, {progress['spikes']} spikes, lr x {progress['lr_scale']}"
+          + (" (a finished model: its mean training loss stands in for the running mean)"
+             if progress["running_loss"] is None else ""))
     print("target  running loss  mean train loss  max e/m  molecules with Delta r > 1")
     for j, name in enumerate(names):
         ratio = err[:, j] / running[j]
@@ -87,7 +94,7 @@ def main() -> None:
               f"predicted {pred[m, j]:.4g} {record.targets[j]['unit']})")
     guard = LossGuard()
     position = {int(i): n for n, i in enumerate(train.tolist())}
-    for epoch in args.epochs or [progress["epoch"] + 1]:
+    for epoch in args.epochs or [int(progress["epoch"]) + 1]:
         g = torch.Generator().manual_seed(draw_seed(record.seed, epoch - 1))
         order = torch.tensor([position[int(i)] for i in train[torch.randperm(len(train), generator=g)]])
         levels = window_levels(err, running, order, record.batch_size)
