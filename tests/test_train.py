@@ -287,8 +287,9 @@ def test_ema_decay_zero_keeps_the_raw_weights(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkeypatch, capsys, qm9) -> None:
     """Blow the weights up in the middle of a run (the output layer times 1e4, as an Adam blow-up would): the next
-    check sees the loss jump against its running mean, restores the last good state, halves the learning rate,
-    says so in one line, and the run ends with a finite test MAE better than predicting the training mean."""
+    check sees the loss jump against its running mean and holds it, the one after sees it stay, restores the last
+    good state, halves the learning rate, says so in one line, and the run ends with a finite test MAE better than
+    predicting the training mean."""
     from schnetqm9.training import trainer
     from train_lite import LITE_DEFAULTS
 
@@ -309,6 +310,8 @@ def test_a_loss_spike_is_rolled_back_and_the_run_recovers(tmp_path: Path, monkey
     out = capsys.readouterr().out
     spikes = [line for line in out.splitlines() if line.startswith("loss spike")]
     assert len(spikes) == 1 and "epoch 2" in spikes[0] and "learning rate now 0.5 x the schedule" in spikes[0]
+    lines = out.splitlines()
+    assert lines[lines.index(spikes[0]) - 1].startswith("one window at epoch 2")  # held first, then it stayed up
     assert metrics["spikes"] == 1 and len(calls) == 150
     split = splits.split_indices(len(qm9), 1000, seed=0)
     baseline = float((qm9.y[split["test"], 4] - qm9.y[split["train"], 4].mean()).abs().mean())
