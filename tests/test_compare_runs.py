@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from schnetqm9.analysis import compare_runs, epoch_table
 from schnetqm9.analysis.published import SCHNETPACK
@@ -146,6 +147,10 @@ def test_epoch_table_gives_the_kept_weights_mae_and_its_ratio_to_schnetpack(tmp_
     assert rows[0] == "| epoch (minutes) | gap (eV) | U0 (eV) | mean ratio | worst |" and len(rows) == 4
     assert rows[2].endswith("| 1.00 | 1.0 (gap) |") and rows[2].startswith("| 1 (10.2) |")
     assert rows[3].endswith("| 2.50 | 3.0 (U0) |") and f"| {2 * gap:.3g} | {3 * u0:.3g} |" in rows[3]
+    shipped = epoch_table.table(epoch_table.rows_of(REPO / "models" / "schnet_qm9_all.pth")).splitlines()
+    val = torch.load(REPO / "models" / "schnet_qm9_all.pth", weights_only=False)["metrics"]["val"]
+    mean_ratio = sum(val[n]["mae"] / SCHNETPACK[n] for n in SCHNETPACK) / len(SCHNETPACK)
+    assert len(shipped) == 3 and shipped[2].startswith("| 7.3 (") and f"| {mean_ratio:.2f} |" in shipped[2]
     proc = subprocess.run([sys.executable, "-m", "schnetqm9.analysis.epoch_table", str(tmp_path / "none.pth")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr

@@ -89,7 +89,7 @@ def main() -> None:
         mol = int(train[m])
         true = data.y[mol, columns[j]].item()
         report["molecules"][mol] = dict(target=names[j], delta_r=alone[m].sum().item(), true=true,
-                                        predicted=pred[m, j].item(), atoms=int((batcher(train[m:m + 1]).z > 0).sum()))
+                                        predicted=pred[m, j].item(), atoms=int(data.num_atoms[mol]))
         print(f"molecule {mol}: Delta r {alone[m].sum():.3g} (mostly {names[j]}: QM9 {true:.4g}, "
               f"predicted {pred[m, j]:.4g} {record.targets[j]['unit']})")
     guard = LossGuard()

@@ -3,10 +3,10 @@ the docs show for a multi-target run while it trains.
 
     python -m schnetqm9.analysis.epoch_table resume/all/last_all.pth
 
-RUN is a history<suffix>.csv that train.py wrote or a run's state (last<suffix>.pth). Each row is one validated
-epoch: the epoch (the cumulative wall-clock minutes), the MAE of the weights train.py kept at that epoch (the weight
-average or the raw ones, its `kept` column) per target in PyG's units, the mean over the targets of
-MAE / SchNetPack's MAE (published.SCHNETPACK), and the worst such ratio.
+RUN is a history<suffix>.csv that train.py wrote, a run's state (last<suffix>.pth) or a finished model (one row, at
+its epochs done). Each row is one validated epoch: the epoch (the cumulative wall-clock minutes), the MAE of the
+weights train.py kept at that epoch (the weight average or the raw ones, its `kept` column) per target in PyG's
+units, the mean over the targets of MAE / SchNetPack's MAE (published.SCHNETPACK), and the worst such ratio.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from schnetqm9.data import targets
 
 
 def rows_of(path: Path) -> list[dict]:
-    """The history rows of a history<suffix>.csv or a run's state."""
+    """The history rows of a history<suffix>.csv, a run's state or a finished model (compare_runs.checkpoint_rows)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a history<suffix>.csv or a last<suffix>.pth that train.py wrote")
     rows = checkpoint_rows(path)[0] if path.suffix == ".pth" else list(csv.DictReader(path.open()))
@@ -47,7 +47,8 @@ def table(rows: list[dict]) -> str:
         mae = {n: kept_mae(row, n) for n in names}
         ratio = {n: mae[n] / SCHNETPACK[n] for n in names}
         worst = max(ratio, key=ratio.get)
-        cells = [f"{int(float(row['epoch']))} ({float(row['minutes']):.1f})"] + [f"{mae[n]:.3g}" for n in names]
+        epoch = row["epoch"] if "epoch" in row else f"{float(row['epochs_done']):.1f}"  # a finished model: one row
+        cells = [f"{epoch} ({float(row['minutes']):.1f})"] + [f"{mae[n]:.3g}" for n in names]
         cells += [f"{sum(ratio.values()) / len(ratio):.2f}", f"{ratio[worst]:.1f} ({worst})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -55,7 +56,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a history<suffix>.csv or a run's state (last<suffix>.pth)")
+    p.add_argument("run", type=Path, help="a history<suffix>.csv, a run's state (last<suffix>.pth) or a model")
     try:
         print(table(rows_of(p.parse_args().run)))
     except UserError as err:

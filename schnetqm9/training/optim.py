@@ -146,11 +146,10 @@ class LossGuard:
     def judge(self, window: list[float], running: list[float] | None) -> str:
         """'ok'; 'held' (above the factor after a window that was not: an outlier, or the start of a blow-up that
         the next window will show); or 'spike' (above it twice in a row, or not finite)."""
-        level = self.level(window, running)
-        if level <= self.factor:
+        if not self.is_spike(window, running):
             self.held = False
             return "ok"
-        if math.isfinite(level) and not self.held:
+        if not self.held and math.isfinite(self.level(window, running)):
             self.held = True
             return "held"
         self.held = False
