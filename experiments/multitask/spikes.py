@@ -93,10 +93,9 @@ def main() -> None:
         print(f"molecule {mol}: Delta r {alone[m].sum():.3g} (mostly {names[j]}: QM9 {true:.4g}, "
               f"predicted {pred[m, j]:.4g} {record.targets[j]['unit']})")
     guard = LossGuard()
-    position = {int(i): n for n, i in enumerate(train.tolist())}
     for epoch in args.epochs or [int(progress["epoch"]) + 1]:
         g = torch.Generator().manual_seed(draw_seed(record.seed, epoch - 1))
-        order = torch.tensor([position[int(i)] for i in train[torch.randperm(len(train), generator=g)]])
+        order = torch.randperm(len(train), generator=g)  # positions into train, as trainer.train_epoch draws them
         levels = window_levels(err, running, order, record.batch_size)
         fired = (levels > guard.factor).nonzero().flatten().tolist()
         rows = []
