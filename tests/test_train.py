@@ -49,6 +49,7 @@ def test_lite_run_writes_figures_metrics_and_checkpoint(lite_run: Path) -> None:
     history = (results / "history_lite.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,val_score,val_score_raw,kept,train_mae_gap,val_mae_gap,"
                                   "val_mae_raw_gap,val_rmse_gap,lr") and len(history) == 3
+    assert all(row.endswith(",fp32") for row in history[1:])  # the precision of its steps: lite defaults to fp32
     split = splits.load_split(results / "split_lite.json")
     assert [len(split[k]) for k in ("train", "val", "test")] == [240, 30, 30]
     assert not list(results.glob(".*tmp*")) and not list((lite_run / "checkpoints").glob(".*tmp*"))

@@ -323,8 +323,9 @@ class Trainer:
             h[f"val_rmse_{name}"] = val[name]["rmse"]
             if "unrefitted" in val:
                 h[f"unrefitted_val_mae_{name}"] = val["unrefitted"][name]
+        # precision: of the steps that ended this epoch; a run resumed on other hardware may change it (auto)
         h.update(lr=lr, epochs_done=p.step / self.steps_per_epoch, minutes=p.elapsed / 60, spikes=p.spikes,
-                 held_windows=p.held_windows)
+                 held_windows=p.held_windows, precision=self.precision)
         forces = ""
         if self.potential is not None:  # how far from a potential: forces against the labels, train and val
             h.update(self.potential.take())
