@@ -13,10 +13,12 @@ python -m schnetqm9.analysis.time_to_accuracy \
     "gap 5 epochs (fp32, 1 core)=experiments/precision/history_gap_fp32.csv" \
     "gap 5 epochs (bf16, 1 core)=experiments/precision/history_gap_bf16.csv" \
     "gap of the all-target model (fp32)=models/schnet_qm9_all.pth@gap" \
-    "HOMO shipped: 10 epochs (bf16, 1 core)=experiments/homo10/history_homo10_bf16.csv" \
+    "HOMO shipped: 10 epochs (bf16, 1 core)=experiments/homo10/history_homo.csv" \
+    "HOMO shipped until 2026-12-08: 10 epochs (bf16, 1 core)=experiments/homo10/history_homo10_bf16.csv" \
     "HOMO 60 min budget (fp32, 1 core)=experiments/attention/history_homo_mean.csv" \
     "HOMO of the all-target model (fp32)=models/schnet_qm9_all.pth@homo" \
-    "LUMO shipped: 10 epochs (bf16, 1 core)=experiments/precision/history_lumo10_bf16.csv" \
+    "LUMO shipped: 10 epochs (bf16, 1 core)=experiments/lumo10/history_lumo.csv" \
+    "LUMO shipped until 2026-12-08: 10 epochs (bf16, 1 core)=experiments/precision/history_lumo10_bf16.csv" \
     "LUMO 10 epochs (fp32, 1 core)=experiments/attention/history_lumo10_mean.csv" \
     "LUMO of the all-target model (fp32)=models/schnet_qm9_all.pth@lumo" \
     --plot docs/figures/time_to_accuracy.png --json experiments/time_to_accuracy/time_to_accuracy.json "$@"
