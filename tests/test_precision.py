@@ -86,6 +86,8 @@ def test_shipped_predictions_in_bf16_within_the_stated_tolerance_for_the_gap_not
     for measured in (["gap"], ["U0"], ["lumo"], ["gap", "U0"]):  # trained in bf16 where the hardware has it
         assert precision.resolve("auto", CPU, measured) == native
     assert precision.resolve("auto", CPU, ["gap", "homo"]) == "fp32"  # homo: not measured
+    twelve = ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv"]
+    assert precision.resolve("auto", CPU, twelve) == "fp32"  # the dipole learned at half pace in bf16
     assert precision.resolve("auto", CPU, ["U0"], forces=True) == "fp32"  # second derivatives: not measured
     assert precision.resolve("auto", CPU, ["gap"], training=False) == "fp32"  # predicted in fp32: exact
     assert precision.resolve("bf16", CPU, ["U0"]) == precision.resolve("bf16", CPU, ["U0"], training=False) == "bf16"
