@@ -13,7 +13,7 @@ import torch
 
 from schnet_model import LITE_CONFIG, SchNet
 from schnetqm9.data import batch as batching
-from schnetqm9.data import splits
+from schnetqm9.data import splits, targets
 from schnetqm9.inference import predictions as predict
 from schnetqm9.model import checkpoint, precision, shipped
 from schnetqm9.model import kernels as cpu_kernels
@@ -86,8 +86,7 @@ def test_shipped_predictions_in_bf16_within_the_stated_tolerance_for_the_gap_not
     for measured in (["gap"], ["U0"], ["lumo"], ["gap", "U0"]):  # trained in bf16 where the hardware has it
         assert precision.resolve("auto", CPU, measured) == native
     assert precision.resolve("auto", CPU, ["gap", "homo"]) == "fp32"  # homo: not measured
-    twelve = ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv"]
-    assert precision.resolve("auto", CPU, twelve) == "fp32"  # the dipole learned at half pace in bf16
+    assert precision.resolve("auto", CPU, targets.parse("all")) == "fp32"  # the dipole learned at half pace in bf16
     assert precision.resolve("auto", CPU, ["U0"], forces=True) == "fp32"  # second derivatives: not measured
     assert precision.resolve("auto", CPU, ["gap"], training=False) == "fp32"  # predicted in fp32: exact
     assert precision.resolve("bf16", CPU, ["U0"]) == precision.resolve("bf16", CPU, ["U0"], training=False) == "bf16"
